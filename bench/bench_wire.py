@@ -1,0 +1,167 @@
+"""
+Wire-layer benchmark: our encode + decode of a whole frame against the stdlib.
+
+For an ExecuteRequest with 200 B, 64 KiB and 1 MiB of ``input_data`` it times
+
+* ours: typed body -> ``SpearMessage.to_frame()`` -> ``FrameDecoder.feed`` ->
+  ``SpearMessage.deserialize`` -> ``parse_payload()`` (typed classes, strict
+  checks included);
+* baseline: the equivalent plain dicts through ``json.dumps`` / ``json.loads``
+  with the same length prefix, in the same run;
+
+and a 64 MiB frame reassembled from 64 KiB pieces by ``FrameDecoder`` against
+collecting the pieces in a list and joining them once.
+
+Prints a table with the ratio ours/baseline (lower is better) and the target
+of issue 2.  No pass/fail: figures, not assertions.
+
+Run: ``python bench/bench_wire.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable
+
+from spear_twisted.wire import ExecuteRequest, ExecutionMode, FrameDecoder, SpearMessage, Timestamp
+
+HEADER = struct.Struct(">I")
+
+
+def best_time(fn: Callable[[], object], min_seconds: float) -> float:
+    """Best per-call seconds over repeated batches lasting about ``min_seconds``."""
+    fn()
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds / 5:
+            break
+        number *= 2
+    best = elapsed / number
+    deadline = time.perf_counter() + min_seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def ours(data: bytes) -> Callable[[], object]:
+    timestamp = Timestamp(1700000000, 123456789)
+
+    def run() -> object:
+        body = ExecuteRequest(
+            task_id="task-1",
+            command="process",
+            args=("--fast", "--input", "stdin"),
+            env={"LANG": "C"},
+            working_dir=None,
+            timeout=30,
+            mode=ExecutionMode.SYNC,
+            input_data=data,
+        )
+        message = SpearMessage.create(42, body, timestamp=timestamp)
+        frame = message.to_frame()
+        (body_bytes,) = FrameDecoder().feed(frame)
+        decoded = SpearMessage.deserialize(body_bytes).parse_payload()
+        assert decoded.input_data == data  # type: ignore[union-attr]
+        return decoded
+
+    return run
+
+
+def baseline(data: bytes) -> Callable[[], object]:
+    def run() -> object:
+        body = {
+            "task_id": "task-1",
+            "command": "process",
+            "args": ["--fast", "--input", "stdin"],
+            "env": {"LANG": "C"},
+            "working_dir": None,
+            "timeout": 30,
+            "mode": "Sync",
+            "input_data": list(data),
+        }
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        envelope = {
+            "message_type": "ExecuteRequest",
+            "request_id": 42,
+            "timestamp": {"secs_since_epoch": 1700000000, "nanos_since_epoch": 123456789},
+            "payload": list(payload),
+            "version": 1,
+        }
+        text = json.dumps(envelope, separators=(",", ":")).encode()
+        frame = HEADER.pack(len(text)) + text
+        (length,) = HEADER.unpack_from(frame)
+        decoded_envelope = json.loads(frame[4 : 4 + length])
+        decoded = json.loads(bytes(decoded_envelope["payload"]))
+        assert bytes(decoded["input_data"]) == data
+        return decoded
+
+    return run
+
+
+def reassembly(total: int, piece: int) -> tuple[Callable[[], object], Callable[[], object]]:
+    chunk = os.urandom(piece)
+    header = HEADER.pack(total)
+    pieces = [header] + [chunk] * (total // piece)
+
+    def decoder_run() -> object:
+        decoder = FrameDecoder(max_message_size=total)
+        out: list[bytes] = []
+        for p in pieces:
+            out.extend(decoder.feed(p))
+        assert len(out) == 1 and len(out[0]) == total
+        return out
+
+    def join_run() -> object:
+        parts: list[bytes] = []
+        have = -HEADER.size
+        for p in pieces:
+            parts.append(p)
+            have += len(p)
+        body = b"".join(parts)[HEADER.size :]
+        assert have == total and len(body) == total
+        return body
+
+    return decoder_run, join_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--quick", action="store_true", help="shorter timing runs")
+    options = parser.parse_args()
+    seconds = 0.3 if options.quick else 1.5
+
+    print(f"python {sys.version.split()[0]}; times are the best per-operation figure of repeated runs")
+    print()
+    print(f"{'case':<34}{'baseline':>12}{'ours':>12}{'ratio':>8}{'target':>9}")
+    targets = {200: "<= 0.70", 64 * 1024: "-", 1024 * 1024: "<= 0.30"}
+    for size, label in ((200, "200 B"), (64 * 1024, "64 KiB"), (1024 * 1024, "1 MiB")):
+        data = os.urandom(size)
+        base = best_time(baseline(data), seconds)
+        mine = best_time(ours(data), seconds)
+        print(
+            f"{'ExecuteRequest ' + label + ' enc+dec':<34}{base * 1e6:>10.1f}us{mine * 1e6:>10.1f}us"
+            f"{mine / base:>8.2f}{targets[size]:>9}"
+        )
+    decoder_run, join_run = reassembly(64 * 1024 * 1024, 64 * 1024)
+    base = best_time(join_run, seconds)
+    mine = best_time(decoder_run, seconds)
+    print(
+        f"{'64 MiB frame from 64 KiB pieces':<34}{base * 1e3:>10.1f}ms{mine * 1e3:>10.1f}ms"
+        f"{mine / base:>8.2f}{'< 1 s':>9}"
+    )
+
+
+if __name__ == "__main__":
+    main()

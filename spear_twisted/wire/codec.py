@@ -1,0 +1,528 @@
+"""
+The one cattrs converter, and message encoding and decoding with it.
+
+Writing produces exactly the JSON of PROTOCOL.md, byte for byte what the Rust
+spearlet's serde_json writes: compact, keys in struct order, every key present
+(``null`` for an absent optional), byte arrays as arrays of numbers, ``f64`` in
+serde's shortest form (``1e16``, not ``1e+16``).
+
+Reading follows serde's rules: unknown keys are ignored; a missing key whose
+type is ``T | None`` reads as ``None``; a missing key of any other type, a
+wrong JSON type, an integer out of range or an unknown enum name is an error
+naming the field's path, e.g. ``payload.args[2]: expected string, found
+integer``.  Reading is strict where Python's defaults are lenient: a string is
+never a list, a boolean is never an integer, a float is never an integer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import struct
+import typing
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, TypeVar
+
+import attrs
+import cattrs
+import orjson
+
+from spear_twisted.errors import InvalidJson, InvalidMessage
+from spear_twisted.wire import strict_json
+from spear_twisted.wire.messages import (
+    BODY_TYPES,
+    AnySignal,
+    CloseMessage,
+    CustomSignal,
+    FloatKind,
+    IntRange,
+    MessageType,
+    SignalType,
+    SpearMessage,
+)
+
+__all__ = [
+    "converter",
+    "decode_body",
+    "decode_message",
+    "encode_body",
+    "encode_frame_for",
+    "encode_message",
+    "structure",
+    "unstructure",
+]
+
+T = TypeVar("T")
+PathPart = str | int
+Problem = tuple[tuple[PathPart, ...], str]
+
+#: The converter for everything spear_twisted (de)serialises.
+converter = cattrs.Converter()
+
+
+class SchemaError(Exception):
+    """Raised by structure hooks: every problem found, each with its path."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+    @classmethod
+    def at_root(cls, reason: str) -> SchemaError:
+        return cls([((), reason)])
+
+    def under(self, part: PathPart) -> list[Problem]:
+        return [((part, *path), reason) for path, reason in self.problems]
+
+
+def format_path(path: Iterable[PathPart]) -> str:
+    """``("payload", "args", 2)`` as ``payload.args[2]``; map keys as ``env["K"]``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += "[" + orjson.dumps(part).decode() + "]"
+    return text
+
+
+def _json_type(value: object) -> str:
+    kind = type(value)
+    if kind is str:
+        return "string"
+    if kind is bool:
+        return "boolean"
+    if kind is int:
+        return "integer"
+    if kind is float:
+        return f"floating point number {value!r}"
+    if value is None:
+        return "null"
+    if kind is list:
+        return "array"
+    if kind is dict:
+        return "object"
+    return kind.__name__
+
+
+def _expected(what: str, value: object) -> SchemaError:
+    return SchemaError.at_root(f"expected {what}, found {_json_type(value)}")
+
+
+# Whether the document being read may hold true/false literals; when it
+# provably does not, byte arrays skip the per-element boolean check.
+_maybe_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "spear_maybe_booleans", default=True
+)
+
+
+# -- structure hooks: scalars ---------------------------------------------------------
+
+
+def _structure_str(value: Any, _type: Any) -> str:
+    if type(value) is str:
+        return value
+    raise _expected("string", value)
+
+
+def _structure_bool(value: Any, _type: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise _expected("boolean", value)
+
+
+def _is_annotated(marker_type: type) -> Callable[[Any], bool]:
+    def predicate(kind: Any) -> bool:
+        return typing.get_origin(kind) is Annotated and isinstance(kind.__metadata__[0], marker_type)
+
+    return predicate
+
+
+def _int_hook(kind: Any) -> Callable[[Any, Any], int]:
+    marker: IntRange = kind.__metadata__[0]
+    low, high, name = marker.low, marker.high, marker.name
+
+    def structure_int(value: Any, _type: Any) -> int:
+        if type(value) is int:
+            if low <= value <= high:
+                return value
+            raise SchemaError.at_root(f"integer {value} out of range for {name}")
+        raise _expected(name, value)
+
+    return structure_int
+
+
+def _structure_f64(value: Any, _type: Any) -> float:
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return float(value)
+    raise _expected("f64", value)
+
+
+def _structure_bytes(value: Any, _type: Any) -> bytes:
+    if type(value) is not list:
+        raise _expected("array of bytes", value)
+    try:
+        data = bytes(bytearray(value))
+    except (TypeError, ValueError):
+        raise SchemaError(_byte_problems(value)) from None
+    if value and _maybe_booleans.get() and _has_booleans(value):
+        raise SchemaError(_byte_problems(value))
+    return data
+
+
+def _has_booleans(values: list[Any]) -> bool:
+    if len(values) < 64:
+        return any(type(item) is bool for item in values)
+    # orjson writes integers as bare digits; only booleans bring an "e".
+    return b"e" in orjson.dumps(values)
+
+
+def _byte_problems(values: list[Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, item in enumerate(values):
+        if type(item) is not int:
+            problems.append(((index,), f"expected u8, found {_json_type(item)}"))
+        elif not 0 <= item <= 255:
+            problems.append(((index,), f"integer {item} out of range for u8"))
+        if len(problems) >= 10:
+            break
+    return problems
+
+
+# -- structure hooks: containers -----------------------------------------------------
+
+
+def _is_tuple_of(kind: Any) -> bool:
+    return typing.get_origin(kind) is tuple and typing.get_args(kind)[1:] == (Ellipsis,)
+
+
+def _tuple_hook(kind: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
+    item_type = typing.get_args(kind)[0]
+    item_hook = converter.get_structure_hook(item_type)
+
+    def structure_tuple(value: Any, _type: Any) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise _expected("array", value)
+        items = []
+        problems: list[Problem] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(item_hook(item, item_type))
+            except SchemaError as e:
+                problems.extend(e.under(index))
+        if problems:
+            raise SchemaError(problems)
+        return tuple(items)
+
+    return structure_tuple
+
+
+def _is_string_map(kind: Any) -> bool:
+    return typing.get_origin(kind) is dict and typing.get_args(kind) == (str, str)
+
+
+def _structure_string_map(value: Any, _type: Any) -> dict[str, str]:
+    if type(value) is not dict:
+        raise _expected("object", value)
+    problems: list[Problem] = [
+        ((key,), f"expected string, found {_json_type(item)}")
+        for key, item in value.items()
+        if type(item) is not str
+    ]
+    if problems:
+        raise SchemaError(problems)
+    return value  # type: ignore[no-any-return]
+
+
+def _is_optional(kind: Any) -> bool:
+    args = typing.get_args(kind)
+    return typing.get_origin(kind) in (typing.Union, _UnionType) and len(args) == 2 and type(None) in args
+
+
+_UnionType = type(int | None)
+
+
+def _optional_hook(kind: Any) -> Callable[[Any, Any], Any]:
+    inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    inner_hook = converter.get_structure_hook(inner)
+
+    def structure_optional(value: Any, _type: Any) -> Any:
+        if value is None:
+            return None
+        return inner_hook(value, inner)
+
+    return structure_optional
+
+
+def _is_our_enum(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, enum.Enum) and not issubclass(kind, int)
+
+
+def _enum_hook(kind: type[enum.Enum]) -> Callable[[Any, Any], enum.Enum]:
+    members = {member.value: member for member in kind}
+    names = ", ".join(f'"{value}"' for value in members)
+
+    def structure_enum(value: Any, _type: Any) -> enum.Enum:
+        if type(value) is str:
+            member = members.get(value)
+            if member is not None:
+                return member
+            raise SchemaError.at_root(f"unknown variant {orjson.dumps(value).decode()}, expected one of {names}")
+        raise _expected(f"one of {names}", value)
+
+    return structure_enum
+
+
+_signal_from_name = _enum_hook(SignalType)
+
+
+def _structure_signal(value: Any, _type: Any) -> AnySignal:
+    if type(value) is dict:
+        if len(value) == 1 and "Custom" in value:
+            name = value["Custom"]
+            if type(name) is str:
+                return CustomSignal(name)
+            raise SchemaError([(("Custom",), f"expected string, found {_json_type(name)}")])
+        keys = ", ".join(orjson.dumps(key).decode() for key in value)
+        raise SchemaError.at_root(f'expected a signal name or {{"Custom": name}}, found object with keys {keys}')
+    return _signal_from_name(value, SignalType)  # type: ignore[return-value]
+
+
+# -- structure hooks: attrs classes ---------------------------------------------------
+
+
+def _class_hook(cls: type[T]) -> Callable[[Any, Any], T]:
+    specs: list[tuple[str, Any, Callable[[Any, Any], Any], bool]] | None = None
+
+    def prepare() -> list[tuple[str, Any, Callable[[Any, Any], Any], bool]]:
+        attrs.resolve_types(cls)  # type: ignore[type-var]
+        return [
+            (field.name, field.type, converter.get_structure_hook(field.type), _is_optional(field.type))
+            for field in attrs.fields(cls)  # type: ignore[misc]
+        ]
+
+    def structure_class(value: Any, _type: Any) -> T:
+        nonlocal specs
+        if type(value) is not dict:
+            raise _expected("object", value)
+        if specs is None:
+            specs = prepare()
+        kwargs = {}
+        problems: list[Problem] = []
+        for name, field_type, hook, optional in specs:
+            if name in value:
+                try:
+                    kwargs[name] = hook(value[name], field_type)
+                except SchemaError as e:
+                    problems.extend(e.under(name))
+            elif optional:
+                kwargs[name] = None
+            else:
+                problems.append(((name,), "missing field"))
+        if problems:
+            raise SchemaError(problems)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            # A cross-field rule of the class itself.
+            raise SchemaError.at_root(str(e)) from None
+
+    return structure_class
+
+
+# -- unstructure hooks ---------------------------------------------------------------------
+
+
+def _unstructure_bytes(value: bytes) -> list[int]:
+    return list(value)
+
+
+def _unstructure_f64(value: float) -> orjson.Fragment:
+    # serde writes the exponent without a sign: 1e16, 1e-7.
+    return orjson.Fragment(orjson.dumps(value).replace(b"+", b""))
+
+
+def _unstructure_signal(value: AnySignal) -> Any:
+    if type(value) is CustomSignal:
+        return {"Custom": value.name}
+    return value.value  # type: ignore[union-attr]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _unstructure_hook_for(kind: Any) -> Callable[[Any], Any] | None:
+    """The hook for a declared field type, or None when the value is written as it is."""
+    if kind in (str, bool, float) or _is_string_map(kind) or _is_tuple_of(kind):
+        return None
+    if _is_annotated(IntRange)(kind):
+        return None
+    if _is_optional(kind):
+        inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        inner_hook = _unstructure_hook_for(inner)
+        if inner_hook is None:
+            return None
+
+        def unstructure_optional(value: Any) -> Any:
+            return None if value is None else inner_hook(value)
+
+        return unstructure_optional
+    return converter.get_unstructure_hook(kind)  # type: ignore[no-any-return]
+
+
+def _class_unstructure_hook(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    specs: list[tuple[str, Callable[[Any], Any] | None]] | None = None
+
+    def unstructure_class(value: Any) -> dict[str, Any]:
+        nonlocal specs
+        if specs is None:
+            attrs.resolve_types(cls)
+            specs = [(field.name, _unstructure_hook_for(field.type)) for field in attrs.fields(cls)]
+        result = {}
+        for name, hook in specs:
+            item = getattr(value, name)
+            result[name] = item if hook is None else hook(item)
+        return result
+
+    return unstructure_class
+
+
+converter.register_structure_hook(str, _structure_str)
+converter.register_structure_hook(bool, _structure_bool)
+converter.register_structure_hook(bytes, _structure_bytes)
+converter.register_structure_hook_factory(_is_annotated(IntRange), _int_hook)
+converter.register_structure_hook_func(_is_annotated(FloatKind), _structure_f64)
+converter.register_structure_hook_factory(_is_tuple_of, _tuple_hook)
+converter.register_structure_hook_func(_is_string_map, _structure_string_map)
+converter.register_structure_hook_factory(_is_optional, _optional_hook)
+converter.register_structure_hook_func(lambda kind: kind == AnySignal, _structure_signal)
+converter.register_structure_hook_factory(_is_our_enum, _enum_hook)
+converter.register_structure_hook_factory(attrs.has, _class_hook)
+
+converter.register_unstructure_hook(bytes, _unstructure_bytes)
+converter.register_unstructure_hook_func(_is_annotated(FloatKind), _unstructure_f64)
+converter.register_unstructure_hook_func(lambda kind: kind == AnySignal, _unstructure_signal)
+converter.register_unstructure_hook_func(_is_our_enum, lambda value: value.value)
+converter.register_unstructure_hook_factory(attrs.has, _class_unstructure_hook)
+
+
+def structure(value: Any, kind: type[T], *, root: str = "") -> T:
+    """
+    Build a ``kind`` from parsed JSON ``value`` with serde's rules.
+
+    :raises InvalidMessage: naming the path of every problem, under ``root``.
+    """
+    try:
+        return converter.structure(value, kind)
+    except SchemaError as e:
+        prefix: tuple[PathPart, ...] = (root,) if root else ()
+        raise InvalidMessage([(format_path(prefix + path), reason) for path, reason in e.problems]) from None
+
+
+def unstructure(value: Any) -> Any:
+    """``value`` as plain JSON-ready data, as PROTOCOL.md writes it."""
+    return converter.unstructure(value)
+
+
+# -- messages -----------------------------------------------------------------------------
+
+
+def encode_body(body: Any) -> bytes:
+    """The JSON text of a message body (what goes into ``payload``)."""
+    return orjson.dumps(converter.unstructure(body))
+
+
+def _parse(data: bytes, kind: type[T], root: str) -> T:
+    document = strict_json.loads(data)
+    token = _maybe_booleans.set(document.may_contain_booleans)
+    try:
+        return structure(document.value, kind, root=root)
+    finally:
+        _maybe_booleans.reset(token)
+
+
+def decode_body(message_type: MessageType, payload: bytes, *, request_id: int | None = None) -> Any:
+    """
+    The typed body of a ``message_type`` message from its payload bytes.
+
+    An empty ``ConnectionClose`` payload reads as ``CloseMessage(None)``.
+
+    :raises InvalidJson, InvalidMessage: with ``request_id`` set and every
+        path under ``payload``.
+    """
+    if not payload:
+        if message_type is MessageType.CONNECTION_CLOSE:
+            return CloseMessage(None)
+        raise InvalidJson(f"payload: empty, expected a {message_type.value} body", request_id=request_id)
+    try:
+        return _parse(payload, BODY_TYPES[message_type], "payload")
+    except InvalidMessage as e:
+        e.request_id = request_id
+        raise
+    except InvalidJson as e:
+        raise InvalidJson(f"payload: {e.message}", request_id=request_id) from None
+
+
+def encode_message(message: SpearMessage) -> bytes:
+    """The JSON text of ``message``."""
+    return b"".join(_message_parts(message))
+
+
+_FRAME_HEADER = struct.Struct(">I")
+
+
+def encode_frame_for(message: SpearMessage) -> bytes:
+    """``message`` as a whole frame: big-endian length, then its JSON text."""
+    parts = _message_parts(message)
+    return b"".join([_FRAME_HEADER.pack(sum(map(len, parts))), *parts])
+
+
+def _message_parts(message: SpearMessage) -> list[bytes]:
+    # Written by hand: this is the hot path, and the payload (an array of
+    # numbers) goes straight from bytes to text without an envelope dict.
+    timestamp = message.timestamp
+    payload = message.payload
+    return [
+        b'{"message_type":"',
+        message.message_type.value.encode(),
+        b'","request_id":%d,"timestamp":{"secs_since_epoch":%d,"nanos_since_epoch":%d},"payload":'
+        % (message.request_id, timestamp.secs_since_epoch, timestamp.nanos_since_epoch),
+        orjson.dumps(list(payload)) if payload else b"[]",
+        b',"version":%d}' % message.version,
+    ]
+
+
+def decode_message(data: bytes) -> SpearMessage:
+    """
+    Read a ``SpearMessage`` from its JSON text (a frame's body).
+
+    The envelope is checked; the payload is not parsed (see
+    :meth:`SpearMessage.parse_payload`).
+
+    :raises InvalidJson: the text is not strict JSON.
+    :raises InvalidMessage: the JSON is not an envelope; ``request_id`` is
+        set on the error when the envelope's own ``request_id`` was readable.
+    """
+    try:
+        return _parse(data, SpearMessage, "")
+    except InvalidMessage as e:
+        e.request_id = _readable_request_id(data)
+        raise
+
+
+def _readable_request_id(data: bytes) -> int | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(value) is dict:
+        request_id = value.get("request_id")
+        if type(request_id) is int and 0 <= request_id < 2**64:
+            return request_id
+    return None
