@@ -29,46 +29,90 @@ class ErrorCode(enum.IntEnum):
     1300 requests and execution, 1400 the spearlet itself.
     """
 
-    description: str
+    # protocol
+    PROTOCOL_VIOLATION = 1000
+    MALFORMED_FRAME = 1001
+    MESSAGE_TOO_LARGE = 1002
+    INVALID_JSON = 1003
+    INVALID_MESSAGE = 1004
+    UNSUPPORTED_VERSION = 1005
+    UNEXPECTED_MESSAGE = 1006
 
-    def __new__(cls, value: int, description: str) -> ErrorCode:
-        member = int.__new__(cls, value)
-        member._value_ = value
-        member.description = description
-        return member
+    # authentication
+    NOT_AUTHENTICATED = 1100
+    AUTHENTICATION_FAILED = 1101
+    AUTHENTICATION_TIMEOUT = 1102
+    ALREADY_CONNECTED = 1103
 
-    PROTOCOL_VIOLATION = (1000, "The peer broke the protocol in a way no more specific code covers.")
-    MALFORMED_FRAME = (1001, "A frame with a zero length, or a frame cut short by the end of the connection.")
-    MESSAGE_TOO_LARGE = (1002, "A frame longer than the receiver's maximum message size; it was not buffered.")
-    INVALID_JSON = (1003, "A body that is not strict UTF-8 JSON (syntax, duplicate keys, NaN, lone surrogates, a BOM, trailing data, excessive nesting).")
-    INVALID_MESSAGE = (1004, "Valid JSON that does not match the message schema: a missing key, a wrong type, an integer out of range or an unknown enum name.")
-    UNSUPPORTED_VERSION = (1005, "A message whose ``version`` this side does not speak.")
-    UNEXPECTED_MESSAGE = (1006, "A message that is not allowed in this direction or in the session's current state.")
+    # connections
+    TOO_MANY_CONNECTIONS = 1200
+    TOO_MANY_PENDING_AUTH = 1201
+    HEARTBEAT_TIMEOUT = 1202
+    IDLE_TIMEOUT = 1203
+    CONNECTION_LOST = 1204
+    CONNECTION_CLOSED = 1205
+    CONNECTION_FAILED = 1206
 
-    NOT_AUTHENTICATED = (1100, "A message other than ``AuthRequest`` before authentication succeeded.")
-    AUTHENTICATION_FAILED = (1101, "The instance id and token were refused.")
-    AUTHENTICATION_TIMEOUT = (1102, "No ``AuthRequest`` arrived within the authentication timeout.")
-    ALREADY_CONNECTED = (1103, "The instance already has a live authenticated connection.")
+    # requests and execution
+    REQUEST_TIMEOUT = 1300
+    REQUEST_CANCELLED = 1301
+    UNKNOWN_TASK = 1302
+    NO_INSTANCE_AVAILABLE = 1303
+    EXECUTION_TIMEOUT = 1304
+    INSTANCE_LOST = 1305
+    EXECUTION_FAILED = 1306
+    SERVER_BUSY = 1307
 
-    TOO_MANY_CONNECTIONS = (1200, "The spearlet is at its maximum number of connections.")
-    TOO_MANY_PENDING_AUTH = (1201, "Too many connections are still waiting to authenticate.")
-    HEARTBEAT_TIMEOUT = (1202, "Nothing was received for longer than the heartbeat timeout.")
-    IDLE_TIMEOUT = (1203, "The connection carried no traffic for longer than the idle timeout.")
-    CONNECTION_LOST = (1204, "The connection ended while the operation was outstanding.")
-    CONNECTION_CLOSED = (1205, "The channel was closed locally; no more messages can be sent on it.")
-    CONNECTION_FAILED = (1206, "No transport could establish the connection.")
+    # the spearlet itself
+    INTERNAL_ERROR = 1400
+    SHUTTING_DOWN = 1401
 
-    REQUEST_TIMEOUT = (1300, "No response to a request arrived within its timeout.")
-    REQUEST_CANCELLED = (1301, "The caller cancelled the request.")
-    UNKNOWN_TASK = (1302, "No task with that id is configured.")
-    NO_INSTANCE_AVAILABLE = (1303, "No ready instance could take the request within its timeout.")
-    EXECUTION_TIMEOUT = (1304, "The instance did not finish the execution within its timeout.")
-    INSTANCE_LOST = (1305, "The instance died or disconnected while executing the request.")
-    EXECUTION_FAILED = (1306, "The instance reported that the execution failed.")
-    SERVER_BUSY = (1307, "The spearlet or the instance is at capacity; retry later.")
+    @property
+    def description(self) -> str:
+        """What the code means, as documented in the error-code table."""
+        return _DESCRIPTIONS[self]
 
-    INTERNAL_ERROR = (1400, "An unexpected failure inside the spearlet; its log has the details.")
-    SHUTTING_DOWN = (1401, "The spearlet is stopping and accepts no new work.")
+
+_DESCRIPTIONS: dict[ErrorCode, str] = {
+    ErrorCode.PROTOCOL_VIOLATION: "The peer broke the protocol in a way no more specific code covers.",
+    ErrorCode.MALFORMED_FRAME: "A frame with a zero length, or a frame cut short by the end of the connection.",
+    ErrorCode.MESSAGE_TOO_LARGE: (
+        "A frame longer than the receiver's maximum message size; it was not buffered."
+    ),
+    ErrorCode.INVALID_JSON: (
+        "A body that is not strict UTF-8 JSON: bad syntax, duplicate keys, NaN or Infinity, "
+        "lone surrogates, a byte order mark, trailing data, nesting deeper than 128."
+    ),
+    ErrorCode.INVALID_MESSAGE: (
+        "Valid JSON that does not match the message schema: a missing key, a wrong type, "
+        "an integer out of range or an unknown enum name."
+    ),
+    ErrorCode.UNSUPPORTED_VERSION: "A message whose ``version`` this side does not speak.",
+    ErrorCode.UNEXPECTED_MESSAGE: (
+        "A message that is not allowed in this direction or in the session's current state."
+    ),
+    ErrorCode.NOT_AUTHENTICATED: "A message other than ``AuthRequest`` before authentication succeeded.",
+    ErrorCode.AUTHENTICATION_FAILED: "The instance id and token were refused.",
+    ErrorCode.AUTHENTICATION_TIMEOUT: "No ``AuthRequest`` arrived within the authentication timeout.",
+    ErrorCode.ALREADY_CONNECTED: "The instance already has a live authenticated connection.",
+    ErrorCode.TOO_MANY_CONNECTIONS: "The spearlet is at its maximum number of connections.",
+    ErrorCode.TOO_MANY_PENDING_AUTH: "Too many connections are still waiting to authenticate.",
+    ErrorCode.HEARTBEAT_TIMEOUT: "Nothing was received for longer than the heartbeat timeout.",
+    ErrorCode.IDLE_TIMEOUT: "The connection carried no traffic for longer than the idle timeout.",
+    ErrorCode.CONNECTION_LOST: "The connection ended while the operation was outstanding.",
+    ErrorCode.CONNECTION_CLOSED: "The channel was closed locally; no more messages can be sent on it.",
+    ErrorCode.CONNECTION_FAILED: "No transport could establish the connection.",
+    ErrorCode.REQUEST_TIMEOUT: "No response to a request arrived within its timeout.",
+    ErrorCode.REQUEST_CANCELLED: "The caller cancelled the request.",
+    ErrorCode.UNKNOWN_TASK: "No task with that id is configured.",
+    ErrorCode.NO_INSTANCE_AVAILABLE: "No ready instance could take the request within its timeout.",
+    ErrorCode.EXECUTION_TIMEOUT: "The instance did not finish the execution within its timeout.",
+    ErrorCode.INSTANCE_LOST: "The instance died or disconnected while executing the request.",
+    ErrorCode.EXECUTION_FAILED: "The instance reported that the execution failed.",
+    ErrorCode.SERVER_BUSY: "The spearlet or the instance is at capacity; retry later.",
+    ErrorCode.INTERNAL_ERROR: "An unexpected failure inside the spearlet; its log has the details.",
+    ErrorCode.SHUTTING_DOWN: "The spearlet is stopping and accepts no new work.",
+}
 
 
 class SpearError(Exception):

@@ -113,9 +113,7 @@ def _expected(what: str, value: object) -> SchemaError:
 
 # Whether the document being read may hold true/false literals; when it
 # provably does not, byte arrays skip the per-element boolean check.
-_maybe_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "spear_maybe_booleans", default=True
-)
+_maybe_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("spear_maybe_booleans", default=True)
 
 
 # -- structure hooks: scalars ---------------------------------------------------------
@@ -236,7 +234,7 @@ def _structure_string_map(value: Any, _type: Any) -> dict[str, str]:
     ]
     if problems:
         raise SchemaError(problems)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _is_optional(kind: Any) -> bool:
@@ -272,7 +270,8 @@ def _enum_hook(kind: type[enum.Enum]) -> Callable[[Any, Any], enum.Enum]:
             member = members.get(value)
             if member is not None:
                 return member
-            raise SchemaError.at_root(f"unknown variant {orjson.dumps(value).decode()}, expected one of {names}")
+            variant = orjson.dumps(value).decode()
+            raise SchemaError.at_root(f"unknown variant {variant}, expected one of {names}")
         raise _expected(f"one of {names}", value)
 
     return structure_enum
@@ -289,24 +288,26 @@ def _structure_signal(value: Any, _type: Any) -> AnySignal:
                 return CustomSignal(name)
             raise SchemaError([(("Custom",), f"expected string, found {_json_type(name)}")])
         keys = ", ".join(orjson.dumps(key).decode() for key in value)
-        raise SchemaError.at_root(f'expected a signal name or {{"Custom": name}}, found object with keys {keys}')
+        raise SchemaError.at_root(
+            f'expected a signal name or {{"Custom": name}}, found object with keys {keys}'
+        )
     return _signal_from_name(value, SignalType)  # type: ignore[return-value]
 
 
 # -- structure hooks: attrs classes ---------------------------------------------------
 
 
-def _class_hook(cls: type[T]) -> Callable[[Any, Any], T]:
+def _class_hook(cls: Any) -> Callable[[Any, Any], Any]:
     specs: list[tuple[str, Any, Callable[[Any, Any], Any], bool]] | None = None
 
     def prepare() -> list[tuple[str, Any, Callable[[Any, Any], Any], bool]]:
-        attrs.resolve_types(cls)  # type: ignore[type-var]
+        attrs.resolve_types(cls)
         return [
             (field.name, field.type, converter.get_structure_hook(field.type), _is_optional(field.type))
-            for field in attrs.fields(cls)  # type: ignore[misc]
+            for field in attrs.fields(cls)
         ]
 
-    def structure_class(value: Any, _type: Any) -> T:
+    def structure_class(value: Any, _type: Any) -> Any:
         nonlocal specs
         if type(value) is not dict:
             raise _expected("object", value)
@@ -373,7 +374,7 @@ def _unstructure_hook_for(kind: Any) -> Callable[[Any], Any] | None:
             return None if value is None else inner_hook(value)
 
         return unstructure_optional
-    return converter.get_unstructure_hook(kind)  # type: ignore[no-any-return]
+    return converter.get_unstructure_hook(kind)
 
 
 def _class_unstructure_hook(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Callable, TypeVar, Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any
 
 import attrs
 
@@ -55,7 +55,6 @@ I32 = Annotated[int, IntRange("i32", -(2**31), 2**31 - 1)]
 Nanos = Annotated[int, IntRange("nanoseconds", 0, 10**9 - 1)]
 F64 = Annotated[float, FloatKind()]
 
-_V = TypeVar("_V")
 _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
@@ -123,7 +122,7 @@ def _instance_of(kind: type) -> _Validator:
     return check
 
 
-def _to_tuple(value: Iterable[_V]) -> tuple[_V, ...]:
+def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, (str, bytes)):
         raise TypeError(f"expected a sequence of strings, not a single {_type_name(value)}")
     return tuple(value)
@@ -236,7 +235,7 @@ class SignalType(enum.Enum):
 
 
 #: Any signal: a unit variant or a custom one.
-AnySignal = Union[SignalType, CustomSignal]
+AnySignal = SignalType | CustomSignal
 
 
 # -- bodies ---------------------------------------------------------------------------
@@ -423,17 +422,17 @@ class CloseMessage:
 
 
 #: Any message body.
-Body = Union[
-    AuthRequest,
-    AuthResponse,
-    ExecuteRequest,
-    ExecuteResponse,
-    SignalMessage,
-    HeartbeatMessage,
-    ErrorMessage,
-    StreamDataMessage,
-    CloseMessage,
-]
+Body = (
+    AuthRequest
+    | AuthResponse
+    | ExecuteRequest
+    | ExecuteResponse
+    | SignalMessage
+    | HeartbeatMessage
+    | ErrorMessage
+    | StreamDataMessage
+    | CloseMessage
+)
 
 #: The body class each message type carries.
 BODY_TYPES: dict[MessageType, type[Any]] = {

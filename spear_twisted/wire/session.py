@@ -19,6 +19,7 @@ moves on the ``AuthResponse`` by itself.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import attrs
 
@@ -30,7 +31,6 @@ from spear_twisted.errors import (
     HeartbeatTimeout,
     IdleTimeout,
     NotAuthenticated,
-    ProtocolError,
     SpearError,
     UnexpectedMessage,
     UnsupportedVersion,
@@ -70,14 +70,14 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
-def _positive_or_none(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
-        _positive(instance, attribute, value)  # type: ignore[arg-type]
+        _positive(instance, attribute, value)
 
 
 @attrs.frozen
@@ -109,7 +109,8 @@ class Deadlines:
 
     def earliest(self) -> float | None:
         """The soonest deadline, or ``None`` when nothing is running."""
-        times = [t for t in (self.auth, self.heartbeat_send, self.heartbeat_timeout, self.idle) if t is not None]
+        running = (self.auth, self.heartbeat_send, self.heartbeat_timeout, self.idle)
+        times = [t for t in running if t is not None]
         return min(times) if times else None
 
 
@@ -179,7 +180,7 @@ class Violation:
     close the connection afterwards when ``close`` is true.
     """
 
-    error: ProtocolError
+    error: CommunicationError
     close: bool
 
 
@@ -217,9 +218,7 @@ SessionEvent = (
 
 # What each role may receive once authenticated (PROTOCOL.md section 2.1).
 _APPLICATION_MESSAGES = {
-    Role.SPEARLET: frozenset(
-        {MessageType.EXECUTE_RESPONSE, MessageType.ERROR, MessageType.STREAM_DATA}
-    ),
+    Role.SPEARLET: frozenset({MessageType.EXECUTE_RESPONSE, MessageType.ERROR, MessageType.STREAM_DATA}),
     Role.AGENT: frozenset(
         {MessageType.EXECUTE_REQUEST, MessageType.SIGNAL, MessageType.ERROR, MessageType.STREAM_DATA}
     ),
@@ -331,9 +330,9 @@ class Session:
             return [self._violation(error, close=True)]
         try:
             body = message.parse_payload()
-        except DecodeError as error:
+        except DecodeError as invalid:
             self.state = SessionState.CLOSING
-            return [AuthFailed(error)]
+            return [AuthFailed(invalid)]
         if isinstance(body, ErrorMessage):
             self.state = SessionState.CLOSING
             return [AuthFailed(body.to_error())]
@@ -382,7 +381,7 @@ class Session:
         self.close_reason = body.reason
         return PeerClosing(body.reason)
 
-    def _violation(self, error: ProtocolError, *, close: bool) -> Violation:
+    def _violation(self, error: CommunicationError, *, close: bool) -> Violation:
         if close:
             self.state = SessionState.CLOSING
         return Violation(error, close)
@@ -438,9 +437,7 @@ class Session:
             return [TimedOut(AuthenticationTimeout(f"no {what} within {self.config.auth_timeout:g} s"))]
         if deadlines.heartbeat_timeout is not None and now >= deadlines.heartbeat_timeout:
             self.state = SessionState.CLOSING
-            return [
-                TimedOut(HeartbeatTimeout(f"nothing received for {self.config.heartbeat_timeout:g} s"))
-            ]
+            return [TimedOut(HeartbeatTimeout(f"nothing received for {self.config.heartbeat_timeout:g} s"))]
         if deadlines.idle is not None and now >= deadlines.idle:
             self.state = SessionState.CLOSING
             return [TimedOut(IdleTimeout(f"no traffic for {self.config.idle_timeout:g} s"))]

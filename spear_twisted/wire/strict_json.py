@@ -14,6 +14,7 @@ Nothing here recurses on the input: a hostile document cannot raise
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -95,6 +96,24 @@ def _duplicate_keys_possible(residue: bytes, value: Any) -> bool:
     if _count_colons(value, into_arrays=False) == colons:
         return False
     return _count_colons(value, into_arrays=True) != colons
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value``, iteratively."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        members: Iterable[Any]
+        if type(item) is dict:
+            members = item.values()
+        elif type(item) is list:
+            members = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((member, depth + 1) for member in members if type(member) in (dict, list))
+    return deepest
 
 
 def _count_colons(value: Any, *, into_arrays: bool) -> int:
