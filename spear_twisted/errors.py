@@ -81,7 +81,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ),
     ErrorCode.INVALID_JSON: (
         "A body that is not strict UTF-8 JSON: bad syntax, duplicate keys, NaN or Infinity, "
-        "lone surrogates, a byte order mark, trailing data, nesting deeper than 128."
+        "lone surrogates, a byte order mark, trailing data, nesting deeper than 127."
     ),
     ErrorCode.INVALID_MESSAGE: (
         "Valid JSON that does not match the message schema: a missing key, a wrong type, "

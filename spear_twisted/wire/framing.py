@@ -102,13 +102,16 @@ class FrameDecoder:
         offset = 0
         size = len(data)
         limit = self.max_message_size
+        # The frame at offset 0 of a buffered feed had its prefix checked by an
+        # earlier feed; a changed limit applies from the next prefix on.
+        admitted = self._expected
         while size - offset >= FRAME_HEADER_SIZE:
             (length,) = _HEADER.unpack_from(data, offset)
             if length == 0:
                 self._fail(EmptyFrame("frame with a zero length"))
                 self._expected = None
                 return offset
-            if length > limit:
+            if length > limit and admitted is None:
                 self._fail(
                     FrameTooLarge(
                         f"frame of {length} bytes exceeds the limit of {limit} bytes",
@@ -118,6 +121,7 @@ class FrameDecoder:
                 )
                 self._expected = None
                 return offset
+            admitted = None
             end = offset + FRAME_HEADER_SIZE + length
             if end > size:
                 self._expected = length

@@ -564,7 +564,9 @@ class SpearMessage:
         """
         Read a message from its JSON text.
 
-        :raises InvalidJson, InvalidMessage, UnsupportedVersion: see
+        The ``version`` is not checked here: the session does that.
+
+        :raises InvalidJson, InvalidMessage: see
             :func:`spear_twisted.wire.codec.decode_message`.
         """
         return codec.decode_message(data)

@@ -286,6 +286,10 @@ class Session:
         """What ``message``, just received, means now."""
         if self.state is SessionState.CLOSED:
             return []
+        if self.state is SessionState.CLOSING and not self.authenticated:
+            # Closing a session that never authenticated (refused, failed, or
+            # a violation): nothing more the peer sends is delivered.
+            return []
         self.last_received = now
         if message.version != PROTOCOL_VERSION:
             error = UnsupportedVersion(

@@ -4,7 +4,7 @@ A JSON reader as strict as serde_json, and the matching writer.
 orjson already refuses invalid UTF-8, lone surrogates, a byte order mark,
 ``NaN``/``Infinity``, numbers that overflow a double and trailing data.  It
 keeps the last of duplicate keys silently and nests up to 1024 levels, so this
-module adds the duplicate check and serde_json's depth limit of 128, without
+module adds the duplicate check and serde_json's depth limit of 127, without
 walking large byte arrays element by element (see
 :func:`_duplicate_keys_possible`).
 
@@ -26,8 +26,9 @@ from spear_twisted.errors import InvalidJson
 # arrays of small integers) in which the facts below are cheap to look for.
 _DIGITS_AND_COMMAS = b"0123456789,"
 
-#: serde_json's recursion limit: deeper documents are refused.
-MAX_DEPTH = 128
+#: serde_json's recursion limit (128 levels counted down to zero): at most
+#: 127 nested arrays and objects are read.
+MAX_DEPTH = 127
 
 # Lists at least this long are first tried as byte arrays (C speed) before
 # being walked element by element.
