@@ -1,12 +1,22 @@
 """
 spear_twisted: the Spear spearlet's execution communication layer on Twisted.
 
-This top-level module stays free of Twisted imports so that the wire layer and
-the asyncio side of the agent SDK can be used without it; the Twisted parts
-live in their own subpackages.
+Importing this package is cheap and imports no Twisted: an agent process
+authenticates before it pays for its framework, and the wire layer and the
+asyncio side of the agent SDK never need Twisted.  ``RuntimeInstanceId`` and
+``RuntimeType`` are loaded on first use.
 """
 
+from typing import Any
+
 from spear_twisted._version import __version__
-from spear_twisted.wire.identity import RuntimeInstanceId, RuntimeType
 
 __all__ = ["RuntimeInstanceId", "RuntimeType", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RuntimeInstanceId", "RuntimeType"):
+        from spear_twisted.wire import identity
+
+        return getattr(identity, name)
+    raise AttributeError(f"module 'spear_twisted' has no attribute {name!r}")

@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     INSTANCE_LOST = 1305
     EXECUTION_FAILED = 1306
     SERVER_BUSY = 1307
+    INSTANCE_START_FAILED = 1308
 
     # the spearlet itself
     INTERNAL_ERROR = 1400
@@ -110,6 +111,9 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.INSTANCE_LOST: "The instance died or disconnected while executing the request.",
     ErrorCode.EXECUTION_FAILED: "The instance reported that the execution failed.",
     ErrorCode.SERVER_BUSY: "The spearlet or the instance is at capacity; retry later.",
+    ErrorCode.INSTANCE_START_FAILED: (
+        "The instance's process could not be started, exited, or did not authenticate in time."
+    ),
     ErrorCode.INTERNAL_ERROR: "An unexpected failure inside the spearlet; its log has the details.",
     ErrorCode.SHUTTING_DOWN: "The spearlet is stopping and accepts no new work.",
 }
@@ -401,6 +405,12 @@ class ServerBusy(ExecutionError):
     code = ErrorCode.SERVER_BUSY
 
 
+class InstanceStartFailed(ExecutionError):
+    """The instance's process could not start, or did not authenticate in time."""
+
+    code = ErrorCode.INSTANCE_START_FAILED
+
+
 # -- the spearlet itself -------------------------------------------------------------
 
 
@@ -444,6 +454,7 @@ ERROR_CLASSES: dict[ErrorCode, type[SpearError]] = {
     ErrorCode.INSTANCE_LOST: InstanceLost,
     ErrorCode.EXECUTION_FAILED: ExecutionFailed,
     ErrorCode.SERVER_BUSY: ServerBusy,
+    ErrorCode.INSTANCE_START_FAILED: InstanceStartFailed,
     ErrorCode.INTERNAL_ERROR: InternalError,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
 }

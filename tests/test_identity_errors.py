@@ -188,6 +188,7 @@ class ErrorCodeTests(SynchronousTestCase):
                 "INSTANCE_LOST": 1305,
                 "EXECUTION_FAILED": 1306,
                 "SERVER_BUSY": 1307,
+                "INSTANCE_START_FAILED": 1308,
                 "INTERNAL_ERROR": 1400,
                 "SHUTTING_DOWN": 1401,
             },

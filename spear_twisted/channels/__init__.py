@@ -1,0 +1,1 @@
+"""Channels: the transports between the spearlet and its instances."""

@@ -1,0 +1,124 @@
+"""Per-channel settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from spear_twisted.wire import (
+    AUTH_TIMEOUT,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+    MAX_PREAUTH_MESSAGE_SIZE,
+    PORT_RANGE,
+    SessionConfig,
+)
+
+#: Transport names, in the spelling of ``SPEAR_COMMUNICATION_TYPE``.
+TRANSPORTS = ("unix", "tcp", "grpc", "memory")
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def _port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, int]) -> None:
+    low, high = value
+    if not (1 <= low <= high <= 65535):
+        raise ValueError(
+            f"{attribute.name} must be (low, high) with 1 <= low <= high <= 65535, not {value!r}"
+        )
+
+
+def _transports(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    if not value:
+        raise ValueError(f"{attribute.name} must name at least one transport")
+    for name in value:
+        if name not in TRANSPORTS:
+            raise ValueError(f"{attribute.name}: unknown transport {name!r}, expected one of {TRANSPORTS}")
+
+
+def _optional_tuple(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen
+class ChannelConfig:
+    """
+    How a channel is made and how it behaves.
+
+    ``transports`` overrides the runtime type's strategy (for example
+    ``("tcp",)``).  ``socket_path`` and ``port`` pin the address; otherwise a
+    Unix channel gets a unique path in ``runtime_dir`` and a TCP channel the
+    first free port of ``port_range`` on ``host``.
+    """
+
+    transports: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_optional_tuple, validator=_transports
+    )
+    runtime_dir: str | None = None
+    socket_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    port_range: tuple[int, int] = attrs.field(default=PORT_RANGE, converter=tuple, validator=_port_range)
+    allow_remote: bool = False
+    backlog: int = attrs.field(default=1024, validator=_positive)
+    request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    close_timeout: float = attrs.field(default=10.0, validator=_positive)
+    receive_queue_size: int = attrs.field(default=1024, validator=_positive)
+    auth_timeout: float = attrs.field(default=AUTH_TIMEOUT, validator=_positive)
+    heartbeat_interval: float | None = attrs.field(default=HEARTBEAT_INTERVAL, validator=_positive)
+    heartbeat_timeout: float | None = attrs.field(default=HEARTBEAT_TIMEOUT, validator=_positive)
+    idle_timeout: float | None = attrs.field(default=None, validator=_positive)
+    max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive)
+    max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=_positive)
+    allowed_uids: frozenset[int] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else frozenset(v)
+    )
+
+    def session_config(self) -> SessionConfig:
+        """The wire session's share of these settings."""
+        return SessionConfig(
+            auth_timeout=self.auth_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            idle_timeout=self.idle_timeout,
+            max_message_size=self.max_message_size,
+            max_preauth_message_size=self.max_preauth_message_size,
+        )
+
+
+@attrs.frozen
+class ChannelAddress:
+    """Where a channel listens (or what it dialled), as an instance must be told."""
+
+    transport: str
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    name: str | None = None
+
+    def environment(self) -> dict[str, str]:
+        """The address part of an instance's environment (PROTOCOL.md section 7)."""
+        env = {"SPEAR_COMMUNICATION_TYPE": self.transport}
+        if self.port is not None:
+            env["SPEAR_COMMUNICATION_PORT"] = str(self.port)
+            env["SERVICE_ADDR"] = f"{self.host or '127.0.0.1'}:{self.port}"
+        if self.path is not None:
+            env["SPEAR_SOCKET_PATH"] = self.path
+        if self.name is not None:
+            env["SPEAR_MEMORY_NAME"] = self.name
+        return env
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if self.port is not None:
+            return f"{self.transport}:{self.host}:{self.port}"
+        return f"{self.transport}:{self.name}"
