@@ -325,9 +325,7 @@ class Channel(Factory):
         if isinstance(connection, SpearError):
             return defer.fail(connection)
         request_id = self._allocate_request_id()
-        message = SpearMessage(
-            message.message_type, request_id, message.timestamp, message.payload, message.version
-        )
+        message = message.with_request_id(request_id)
         waiter: Deferred[SpearMessage] = Deferred(lambda d: self._cancel_request(request_id))
         entry = _Pending(waiter, self.clock.seconds())
         self._pending[request_id] = entry

@@ -352,8 +352,13 @@ class SpearProtocol(Protocol):
                 request_id=message.request_id,
                 size=len(body) + 4,
             )
-        assert self.session is not None
-        for event in self.session.receive(message, self._now()):
+        session = self.session
+        assert session is not None
+        now = self._now()
+        if session.accept_application(message, now):
+            self.owner.message_received(self, message)
+            return
+        for event in session.receive(message, now):
             self._handle(event)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

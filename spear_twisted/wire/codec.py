@@ -39,6 +39,7 @@ from spear_twisted.wire.messages import (
     MessageType,
     SignalType,
     SpearMessage,
+    Timestamp,
 )
 
 __all__ = [
@@ -440,7 +441,10 @@ def encode_body(body: Any) -> bytes:
 
 
 def _parse(data: bytes, kind: type[T], root: str) -> T:
-    document = strict_json.loads(data)
+    return _structure_document(strict_json.loads(data), kind, root)
+
+
+def _structure_document(document: strict_json.Document, kind: type[T], root: str) -> T:
     token = _maybe_booleans.set(document.may_contain_booleans)
     try:
         return structure(document.value, kind, root=root)
@@ -510,11 +514,73 @@ def decode_message(data: bytes) -> SpearMessage:
     :raises InvalidMessage: the JSON is not an envelope; ``request_id`` is
         set on the error when the envelope's own ``request_id`` was readable.
     """
+    document = strict_json.parse(data)
+    message = _envelope_fast_path(document)
+    if message is not None:
+        # A message of exactly this shape has 7 members and no colon in
+        # its strings: equal colon counts prove no key was repeated.
+        document.check_duplicates(members=7)
+        return message
+    document.check_duplicates()
     try:
-        return _parse(data, SpearMessage, "")
+        return _structure_document(document, SpearMessage, "")
     except InvalidMessage as e:
         e.request_id = _readable_request_id(data)
         raise
+
+
+_MESSAGE_TYPES_BY_NAME = {kind.value: kind for kind in MessageType}
+_U64_MAX = 2**64 - 1
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _envelope_fast_path(document: strict_json.Document) -> SpearMessage | None:
+    """
+    The message, when the envelope has exactly the expected keys and valid
+    values; ``None`` sends the caller to the general reader, which also
+    explains whatever is wrong.  The hot path: every frame goes through it.
+    """
+    value = document.value
+    if type(value) is not dict or len(value) != 5:
+        return None
+    message_type = _MESSAGE_TYPES_BY_NAME.get(value.get("message_type"))  # type: ignore[arg-type]
+    request_id = value.get("request_id")
+    timestamp = value.get("timestamp")
+    payload = value.get("payload")
+    version = value.get("version")
+    if (
+        message_type is None
+        or type(request_id) is not int
+        or not 0 <= request_id <= _U64_MAX
+        or type(timestamp) is not dict
+        or len(timestamp) != 2
+        or type(payload) is not list
+        or type(version) is not int
+        or not 0 <= version <= 255
+    ):
+        return None
+    secs = timestamp.get("secs_since_epoch")
+    nanos = timestamp.get("nanos_since_epoch")
+    if type(secs) is not int or not 0 <= secs <= _U64_MAX or type(nanos) is not int or not 0 <= nanos < 10**9:
+        return None
+    try:
+        data = bytes(bytearray(payload))
+    except (TypeError, ValueError):
+        return None
+    if payload and document.may_contain_booleans and _has_booleans(payload):
+        return None
+    # Every value is checked above: build without re-running the validators.
+    stamp = _new(Timestamp)
+    _set(stamp, "secs_since_epoch", secs)
+    _set(stamp, "nanos_since_epoch", nanos)
+    message = _new(SpearMessage)
+    _set(message, "message_type", message_type)
+    _set(message, "request_id", request_id)
+    _set(message, "timestamp", stamp)
+    _set(message, "payload", data)
+    _set(message, "version", version)
+    return message
 
 
 def _readable_request_id(data: bytes) -> int | None:

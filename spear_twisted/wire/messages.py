@@ -545,6 +545,19 @@ class SpearMessage:
             raise TypeError(f"expected a {expected.__name__} body, not {type(body).__name__}")
         return cls.create(request_id, body)
 
+    def with_request_id(self, request_id: int) -> SpearMessage:
+        """This message under another request id."""
+        if type(request_id) is not int or not 0 <= request_id < 2**64:
+            raise ValueError(f"request_id={request_id!r} is out of range for u64")
+        # Every other field is already valid: copy without re-validating.
+        copy = object.__new__(SpearMessage)
+        object.__setattr__(copy, "message_type", self.message_type)
+        object.__setattr__(copy, "request_id", request_id)
+        object.__setattr__(copy, "timestamp", self.timestamp)
+        object.__setattr__(copy, "payload", self.payload)
+        object.__setattr__(copy, "version", self.version)
+        return copy
+
     def parse_payload(self) -> Body:
         """
         The typed body of this message.

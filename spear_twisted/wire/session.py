@@ -243,6 +243,7 @@ class Session:
         self.heartbeats_received = 0
         self._auth_request_id: int | None = None  # outstanding AuthRequest
         self._auth_deadline: float | None = now + self.config.auth_timeout
+        self._application = _APPLICATION_MESSAGES[role]
 
     # -- facts ------------------------------------------------------------------------
 
@@ -305,6 +306,22 @@ class Session:
                 return self._receive_before_auth_spearlet(message)
             return self._receive_before_auth_agent(message)
         return self._receive_authenticated(message, now)
+
+    def accept_application(self, message: SpearMessage, now: float) -> bool:
+        """
+        The fast path of :meth:`receive` for the common case: an application
+        message on an active session.  True means it was recorded and is to be
+        delivered (what ``receive`` would say with ``MessageReceived``); False
+        means the caller must use ``receive``.
+        """
+        if (
+            self.state is SessionState.ACTIVE
+            and message.version == PROTOCOL_VERSION
+            and message.message_type in self._application
+        ):
+            self.last_received = self.last_activity = now
+            return True
+        return False
 
     def _receive_before_auth_spearlet(self, message: SpearMessage) -> list[SessionEvent]:
         if message.message_type is not MessageType.AUTH_REQUEST or self._auth_request_id is not None:

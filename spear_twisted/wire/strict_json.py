@@ -35,18 +35,60 @@ MAX_DEPTH = 127
 _BULK_LIST = 16
 
 
-@attrs.frozen
+@attrs.define
 class Document:
     """
-    A parsed JSON document.
+    A parsed JSON document, checked for everything but duplicate keys.
 
     ``may_contain_booleans`` is false only when the text provably holds no
     ``true`` or ``false`` literal, which lets byte-array checks skip looking
-    for booleans disguised as 1 and 0.
+    for booleans disguised as 1 and 0.  Call :meth:`check_duplicates` before
+    trusting ``value`` (:func:`loads` does).
     """
 
     value: Any
     may_contain_booleans: bool
+    data: bytes = attrs.field(repr=False)
+    residue: bytes = attrs.field(repr=False)
+
+    def check_duplicates(self, members: int | None = None) -> None:
+        """
+        Refuse a document that had duplicate keys.
+
+        ``members``, when the caller knows it, is how many object members the
+        parsed value holds with no colon in any string (a reader that matched
+        a fixed shape); equal to the text's colon count, it proves there was
+        no duplicate without walking the value.
+
+        :raises InvalidJson: naming the duplicate key.
+        """
+        residue = self.residue
+        if members is not None and b"\\u" not in residue and residue.count(b":") == members:
+            return
+        if _duplicate_keys_possible(residue, self.value):
+            _check_duplicate_keys(self.data)
+
+
+def parse(data: bytes) -> Document:
+    """
+    Parse ``data`` (UTF-8 JSON text) strictly, but for duplicate keys (see
+    :meth:`Document.check_duplicates`).
+
+    :raises InvalidJson: for anything else serde_json would refuse.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise InvalidJson(f"invalid JSON: {e}") from None
+    except TypeError as e:
+        raise InvalidJson(f"invalid JSON input: {e}") from None
+    data = bytes(data)
+    residue = data.translate(None, _DIGITS_AND_COMMAS)
+    # Every nesting level opens a bracket, so few brackets means shallow.
+    if residue.count(b"[") + residue.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise InvalidJson(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
+    may_contain_booleans = b"true" in residue or b"false" in residue
+    return Document(value, may_contain_booleans, data, residue)
 
 
 def loads(data: bytes) -> Document:
@@ -56,20 +98,9 @@ def loads(data: bytes) -> Document:
     :raises InvalidJson: for anything serde_json would refuse, and for
         duplicate object keys anywhere in the document.
     """
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise InvalidJson(f"invalid JSON: {e}") from None
-    except TypeError as e:
-        raise InvalidJson(f"invalid JSON input: {e}") from None
-    residue = bytes(data).translate(None, _DIGITS_AND_COMMAS)
-    # Every nesting level opens a bracket, so few brackets means shallow.
-    if residue.count(b"[") + residue.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
-        raise InvalidJson(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
-    if _duplicate_keys_possible(residue, value):
-        _check_duplicate_keys(data)
-    may_contain_booleans = b"true" in residue or b"false" in residue
-    return Document(value, may_contain_booleans)
+    document = parse(data)
+    document.check_duplicates()
+    return document
 
 
 def dumps(value: Any) -> bytes:
