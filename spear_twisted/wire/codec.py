@@ -17,6 +17,7 @@ never a list, a boolean is never an integer, a float is never an integer.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import enum
 import struct
 import typing
@@ -337,6 +338,96 @@ def _class_hook(cls: Any) -> Callable[[Any, Any], Any]:
     return structure_class
 
 
+def is_settings_class(kind: Any) -> bool:
+    """Whether ``kind`` is read as configuration (see :func:`_settings_hook`)."""
+    return attrs.has(kind) and bool(getattr(kind, "__spear_settings__", False))
+
+
+def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
+    """
+    Configuration is read unlike the wire: a missing key takes the field's
+    default, and an unknown key is an error (a typo must not pass silently).
+    """
+    specs: dict[str, tuple[Any, Callable[[Any, Any], Any]]] | None = None
+    required: list[str] = []
+
+    def prepare() -> dict[str, tuple[Any, Callable[[Any, Any], Any]]]:
+        attrs.resolve_types(cls)
+        fields = attrs.fields(cls)
+        required.extend(field.name for field in fields if field.default is attrs.NOTHING)
+        return {field.name: (field.type, converter.get_structure_hook(field.type)) for field in fields}
+
+    def structure_settings(value: Any, _type: Any) -> Any:
+        nonlocal specs
+        if type(value) is not dict:
+            raise _expected("table", value)
+        if specs is None:
+            specs = prepare()
+        kwargs = {}
+        problems: list[Problem] = []
+        for key, item in value.items():
+            spec = specs.get(key)
+            if spec is None:
+                close = difflib.get_close_matches(key, specs, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(specs)}"
+                problems.append(((key,), f"unknown key{hint}"))
+                continue
+            field_type, hook = spec
+            try:
+                kwargs[key] = hook(item, field_type)
+            except SchemaError as e:
+                problems.extend(e.under(key))
+        problems.extend(((name,), "missing key") for name in required if name not in value)
+        if problems:
+            raise SchemaError(problems)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise SchemaError.at_root(str(e)) from None
+
+    return structure_settings
+
+
+def _structure_int(value: Any, _type: Any) -> int:
+    if type(value) is int:
+        return value
+    raise _expected("integer", value)
+
+
+def _structure_float(value: Any, _type: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _expected("number", value)
+
+
+def _is_fixed_tuple(kind: Any) -> bool:
+    args = typing.get_args(kind)
+    return typing.get_origin(kind) is tuple and bool(args) and Ellipsis not in args
+
+
+def _fixed_tuple_hook(kind: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
+    item_types = typing.get_args(kind)
+    hooks = [converter.get_structure_hook(item) for item in item_types]
+
+    def structure_fixed(value: Any, _type: Any) -> tuple[Any, ...]:
+        if type(value) is not list or len(value) != len(item_types):
+            raise _expected(f"array of {len(item_types)} items", value)
+        items = []
+        problems: list[Problem] = []
+        for index, (item, item_type, hook) in enumerate(zip(value, item_types, hooks, strict=True)):
+            try:
+                items.append(hook(item, item_type))
+            except SchemaError as e:
+                problems.extend(e.under(index))
+        if problems:
+            raise SchemaError(problems)
+        return tuple(items)
+
+    return structure_fixed
+
+
 # -- unstructure hooks ---------------------------------------------------------------------
 
 
@@ -406,6 +497,10 @@ converter.register_structure_hook_factory(_is_optional, _optional_hook)
 converter.register_structure_hook_func(lambda kind: kind == AnySignal, _structure_signal)
 converter.register_structure_hook_factory(_is_our_enum, _enum_hook)
 converter.register_structure_hook_factory(attrs.has, _class_hook)
+converter.register_structure_hook_factory(is_settings_class, _settings_hook)
+converter.register_structure_hook(int, _structure_int)
+converter.register_structure_hook(float, _structure_float)
+converter.register_structure_hook_factory(_is_fixed_tuple, _fixed_tuple_hook)
 
 converter.register_unstructure_hook(bytes, _unstructure_bytes)
 converter.register_unstructure_hook_func(_is_annotated(FloatKind), _unstructure_f64)
