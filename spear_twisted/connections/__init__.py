@@ -1,0 +1,1 @@
+"""The ConnectionManager: listeners, the handshake's policy, connection states and events."""
