@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from spear_twisted.channels.config import ChannelConfig
+from spear_twisted.channels.tcp import is_loopback
 from spear_twisted.settings import setting
 from spear_twisted.wire import (
     AUTH_TIMEOUT,
@@ -27,9 +28,11 @@ MIN_BACKLOG = 1024
 class DuplicatePolicy(enum.Enum):
     """What a second successful authentication of a connected instance does."""
 
-    #: The newcomer gets ``Error`` 1103 (``ALREADY_CONNECTED``) and is closed.
+    #: The newcomer gets ``AuthResponse(success=false)`` saying the instance
+    #: already has a live connection, and is closed; the old one is untouched.
     REFUSE_NEW = "refuse-new"
-    #: The old connection gets that error and is closed; the newcomer stays.
+    #: The old connection gets ``Error`` 1103 (``ALREADY_CONNECTED``) and is
+    #: closed; the newcomer takes its place in the instance's channel.
     REPLACE_OLD = "replace-old"
 
 
@@ -38,7 +41,12 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) ->
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
-def _port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, int]) -> None:
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
+
+
+def _port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
     if len(value) != 2:
         raise ValueError(f"{attribute.name} must be (low, high), not {value!r}")
     low, high = value
@@ -53,21 +61,35 @@ def _backlog(_instance: object, attribute: attrs.Attribute[Any], value: int) -> 
         raise ValueError(f"{attribute.name} must be at least {MIN_BACKLOG}, not {value!r}")
 
 
+def _not_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} must not be empty")
+
+
+def _descriptions(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for description in value:
+        if ":" not in description:
+            raise ValueError(
+                f"{attribute.name}: {description!r} is not an endpoint description such as "
+                "'tcp:9100:interface=127.0.0.1' or 'unix:/run/spear/agents.sock'"
+            )
+
+
 @attrs.frozen
 class ConnectionManagerConfig:
     """
     Settings of a :class:`~spear_twisted.connections.manager.ConnectionManager`.
 
-    Times are seconds.  ``connection_timeout`` closes an authenticated
-    connection with no traffic but heartbeats for that long.  Invalid values
-    are refused here, with the field's name.
+    Times are seconds.  Invalid values are refused here, with the field's
+    name in the message.
     """
 
     __spear_settings__ = True
 
     listen_addr: str = setting(
         "127.0.0.1",
-        doc="Address the shared listener binds (``start_listening``); loopback unless ``allow_remote``.",
+        doc="Address ``start_listening`` binds; a non-loopback one needs ``allow_remote``.",
+        validator=_not_empty,
     )
     port_range: tuple[int, int] = setting(
         PORT_RANGE,
@@ -75,18 +97,27 @@ class ConnectionManagerConfig:
         converter=tuple,
         validator=_port_range,
     )
+    endpoints: tuple[str, ...] = setting(
+        (),
+        doc=(
+            "Endpoint descriptions listened on when the service starts (``tcp:``, ``unix:``, ``ssl:``); "
+            "empty: the first free port of ``port_range``."
+        ),
+        converter=tuple,
+        validator=_descriptions,
+    )
     max_connections: int = setting(
         1000,
         doc="Connections open at once; a new one beyond is answered with error 1200 and closed.",
         validator=_positive,
     )
-    connection_timeout: float = setting(
+    connection_timeout: float | None = setting(
         CONNECTION_TIMEOUT,
         doc=(
             "Seconds an authenticated connection may carry nothing but heartbeats before it is closed "
-            "(error 1203)."
+            "(error 1203); unset disables it."
         ),
-        validator=_positive,
+        validator=_positive_or_none,
     )
     auth_timeout: float = setting(
         AUTH_TIMEOUT,
@@ -95,7 +126,7 @@ class ConnectionManagerConfig:
     )
     heartbeat_interval: float = setting(
         HEARTBEAT_INTERVAL,
-        doc="Seconds of silence after which a side sends a heartbeat.",
+        doc="Seconds of sending nothing after which a side sends a heartbeat.",
         validator=_positive,
     )
     heartbeat_timeout: float = setting(
@@ -110,42 +141,54 @@ class ConnectionManagerConfig:
     )
     max_preauth_message_size: int = setting(
         MAX_PREAUTH_MESSAGE_SIZE,
-        doc="Largest frame body, in bytes, before authentication.",
+        doc="Largest frame body, in bytes, before authentication (error 1002 beyond).",
         validator=_positive,
     )
     max_pending_auth: int = setting(
         64,
         doc=(
-            "Connections allowed to wait for authentication at once; beyond, the oldest is closed (error "
-            "1201)."
+            "Connections allowed to wait for authentication at once; beyond, a silent one is closed "
+            "to make room, or the newcomer is refused (error 1201)."
         ),
         validator=_positive,
     )
-    backlog: int = setting(
-        MIN_BACKLOG, doc="Listen backlog of every listener (at least 1024).", validator=_backlog
-    )
-    enable_tls: bool = setting(False, doc="Serve the shared listener over TLS.")
-    tls_cert_path: str | None = setting(None, doc="PEM certificate (and chain) for TLS.")
-    tls_key_path: str | None = setting(None, doc="PEM private key for TLS.")
+    backlog: int = setting(MIN_BACKLOG, doc="Listen backlog (at least 1024).", validator=_backlog)
+    enable_tls: bool = setting(False, doc="Serve ``start_listening``'s listener over TLS.")
+    tls_cert_path: str | None = setting(None, doc="PEM certificate (optionally followed by its chain).")
+    tls_key_path: str | None = setting(None, doc="PEM private key of the certificate.")
     enable_monitoring: bool = setting(
-        True, doc="Record connection and message events into the monitoring service."
+        True, doc="Feed connection and message events to the monitoring service."
     )
     duplicate_policy: DuplicatePolicy = setting(
         DuplicatePolicy.REFUSE_NEW,
-        doc='A second authentication of a connected instance: ``"refuse-new"`` (error 1103 to the newcomer)'
-        ' or ``"replace-old"``.',
+        doc=(
+            'A second authentication of a connected instance: ``"refuse-new"`` refuses the newcomer, '
+            '``"replace-old"`` closes the old connection (error 1103).'
+        ),
         converter=DuplicatePolicy,
     )
     allow_remote: bool = setting(False, doc="Allow listening on a non-loopback address.")
+    close_timeout: float = setting(
+        10.0,
+        doc="Seconds an orderly close may take to flush before the connection is aborted.",
+        validator=_positive,
+    )
 
     def __attrs_post_init__(self) -> None:
+        if not self.allow_remote and not is_loopback(self.listen_addr):
+            raise ValueError(
+                f"listen_addr {self.listen_addr!r} is not a loopback address; set allow_remote to use it"
+            )
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError(
-                f"heartbeat_timeout ({self.heartbeat_timeout:g}) must exceed "
+                f"heartbeat_timeout ({self.heartbeat_timeout:g}) must be longer than "
                 f"heartbeat_interval ({self.heartbeat_interval:g})"
             )
         if self.max_preauth_message_size > self.max_message_size:
-            raise ValueError("max_preauth_message_size must not exceed max_message_size")
+            raise ValueError(
+                f"max_preauth_message_size ({self.max_preauth_message_size}) must not exceed "
+                f"max_message_size ({self.max_message_size})"
+            )
         if self.enable_tls:
             for name in ("tls_cert_path", "tls_key_path"):
                 path = getattr(self, name)
@@ -155,12 +198,13 @@ class ConnectionManagerConfig:
                     raise ValueError(f"{name}: no such file {path!r}")
 
     def channel_config(self, **changes: Any) -> ChannelConfig:
-        """The per-channel settings these manager settings imply."""
+        """The per-channel settings these manager settings imply (``changes`` override)."""
         settings: dict[str, Any] = {
             "host": self.listen_addr,
             "port_range": self.port_range,
             "allow_remote": self.allow_remote,
             "backlog": self.backlog,
+            "close_timeout": self.close_timeout,
             "auth_timeout": self.auth_timeout,
             "heartbeat_interval": self.heartbeat_interval,
             "heartbeat_timeout": self.heartbeat_timeout,

@@ -3,83 +3,60 @@
 
 It owns
 
-* listeners: a port from the configured range (by binding), or any Twisted
-  endpoint description (``tcp:``, ``unix:``, ``ssl:``), TLS when enabled;
-* the handshake's policy: the secret validator, one live connection per
-  instance (:class:`~spear_twisted.connections.config.DuplicatePolicy`),
-  ``max_connections`` and ``max_pending_auth``;
+* listeners (:class:`~spear_twisted.connections.listeners.Listeners`): the
+  first free port of the configured range, or Twisted endpoint descriptions
+  (``tcp:``, ``unix:``, ``ssl:``), TLS when enabled;
+* the handshake's policy: the secret validator (by default a per-instance
+  :class:`~spear_twisted.auth.SecretRegistry`), one live connection per
+  instance (:class:`~spear_twisted.connections.config.DuplicatePolicy`), and
+  the limits of :class:`~spear_twisted.connections.admission.Admission`;
 * the :class:`~spear_twisted.channels.factory.CommunicationFactory` whose
   channels the authenticated connections join, so callers find an instance's
-  channel wherever it connected (its own address or a shared listener);
+  channel whichever listener it connected to;
 * connection states and events, delivered in order to subscribers and to the
   :class:`~spear_twisted.monitoring.MonitoringService`.
 
-Pre-authentication connections are bounded two ways: frames of at most
-``max_preauth_message_size`` bytes, and at most ``max_pending_auth`` such
-connections.  When a new connection would exceed the latter, the *oldest*
-unauthenticated connection is closed (``Error`` 1201): a flood of silent
-connections cannot lock out an instance that authenticates promptly, because
-an honest agent sends ``AuthRequest`` with its first packet.
+Message events (``MessageReceived``/``MessageSent``) cost work per message,
+so connections produce them only while someone wants them: the monitoring
+service with message tracking on, or a subscriber that asked for them.
 """
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from spear_twisted.auth import SecretValidator, refuse_all
+from spear_twisted.auth import SecretRegistry, SecretValidator, token_problem
 from spear_twisted.channels.channel import Channel
+from spear_twisted.channels.config import ChannelAddress
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
 from spear_twisted.channels.factory import CommunicationFactory
-from spear_twisted.channels.ports import listen_in_range
 from spear_twisted.channels.protocol import IConnectionGatekeeper, SpearProtocol
-from spear_twisted.channels.unix import clear_stale_socket
+from spear_twisted.connections.admission import Admission
 from spear_twisted.connections.config import ConnectionManagerConfig, DuplicatePolicy
+from spear_twisted.connections.listeners import Listeners
 from spear_twisted.connections.state import ConnectionState
 from spear_twisted.connections.tls import server_tls_options
-from spear_twisted.errors import (
-    AlreadyConnected,
-    AuthenticationFailed,
-    SpearError,
-    TooManyConnections,
-    TooManyPendingAuth,
-)
-from spear_twisted.monitoring import MonitoringConfig, MonitoringService
+from spear_twisted.errors import AlreadyConnected, AuthenticationFailed, SpearError
+from spear_twisted.monitoring import MessageDirection, MonitoringConfig, MonitoringService
 from spear_twisted.wire import AuthRequest, Role, RuntimeInstanceId
 
 #: A subscriber of connection events.
 EventSubscriber = Callable[[ConnectionEvent], None]
 
-
-@attrs.frozen
-class ListeningAddress:
-    """One address the manager listens on."""
-
-    transport: str
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        return f"{self.transport}:{self.host}:{self.port}"
+_MESSAGE_EVENTS = frozenset({ConnectionEventKind.MESSAGE_RECEIVED, ConnectionEventKind.MESSAGE_SENT})
 
 
 class _ListenerFactory(Factory):
-    """Builds the connections of the manager's shared listeners."""
+    """Builds the connections of the manager's own listeners."""
 
     noisy = False
 
@@ -92,13 +69,13 @@ class _ListenerFactory(Factory):
         protocol = SpearProtocol(
             role=Role.SPEARLET,
             clock=manager.reactor,
-            session_config=manager.channel_config.session_config(),
+            session_config=manager.session_config,
             gatekeeper=manager,
             observer=manager.observe,
             observe_messages=manager.observes_messages,
-            refuse=manager.admit(),
+            refuse=manager.admission.admit(),
             transport_name=self.transport_name,
-            close_timeout=manager.channel_config.close_timeout,
+            close_timeout=manager.config.close_timeout,
         )
         protocol.factory = self
         return protocol
@@ -106,7 +83,19 @@ class _ListenerFactory(Factory):
 
 @implementer(IConnectionGatekeeper)
 class ConnectionManager(Service):
-    """See the module docstring."""
+    """
+    See the module docstring.
+
+    :param validator: ``(instance_id, token) -> bool | Deferred[bool]``; by
+        default a fresh :class:`~spear_twisted.auth.SecretRegistry`
+        (:attr:`secrets`), which refuses everyone until secrets are issued.
+        Tokens that can never be valid (not a string, not ASCII, shorter
+        than 8 or longer than 4096 characters) are refused before any
+        validator sees them.
+    :param monitoring: the service fed with events; one is made if not given.
+    :param communication_factory: where instances' channels are pooled; its
+        channels report to this manager and obey its limits and validator.
+    """
 
     name = "connections"
     log = Logger()
@@ -124,26 +113,35 @@ class ConnectionManager(Service):
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        self.config = config or ConnectionManagerConfig()
+        self.config = config = config or ConnectionManagerConfig()
         self.reactor = reactor
-        self.validator: SecretValidator = refuse_all if validator is None else validator
-        self.monitoring = monitoring or MonitoringService(
-            MonitoringConfig(enabled=self.config.enable_monitoring)
+        #: The default validator's secrets (``None`` when a validator was given).
+        self.secrets: SecretRegistry | None = None
+        if validator is None:
+            validator = self.secrets = SecretRegistry()
+        self.validator: SecretValidator = validator
+        if monitoring is None:
+            monitoring = MonitoringService(MonitoringConfig(enabled=config.enable_monitoring))
+        self.monitoring = monitoring
+        self.channel_config = config.channel_config()
+        self.session_config = self.channel_config.session_config()
+        self.admission = Admission(config.max_connections, config.max_pending_auth)
+        self.listeners = Listeners(
+            reactor, self._listener_factory, backlog=config.backlog, allow_remote=config.allow_remote
         )
-        self.channel_config = self.config.channel_config()
         self._subscribers: list[tuple[EventSubscriber, bool]] = []
-        self._connections: dict[str, SpearProtocol] = {}
-        self._pending_auth: OrderedDict[str, SpearProtocol] = OrderedDict()
-        self._ports: list[tuple[IListeningPort, ListeningAddress]] = []
+        self._by_instance: dict[RuntimeInstanceId, SpearProtocol] = {}
         self._tls_options: Any = None
         self.factory = communication_factory or CommunicationFactory(
-            reactor=reactor, config=self.channel_config, validator=self._validate
+            reactor=reactor, config=self.channel_config
         )
-        # Channels made by the factory report to us and obey our limits.
+        # The factory's channels report to us, obey our limits and use our validator.
+        self.factory.validator = self._validate
         self.factory.observer = self.observe
-        self.factory.observe_messages = self.observes_messages
-        self.factory.admission = self.admit
-        self.factory.replace_duplicates = self.config.duplicate_policy is DuplicatePolicy.REPLACE_OLD
+        self.factory.admission = self.admission.admit
+        self.factory.replace_duplicates = config.duplicate_policy is DuplicatePolicy.REPLACE_OLD
+        self._monitor: MonitoringService | None = None
+        self._update_observation()
 
     @classmethod
     def new_with_validator(
@@ -154,138 +152,96 @@ class ConnectionManager(Service):
 
     # -- listening ------------------------------------------------------------------------------
 
-    @property
-    def observes_messages(self) -> bool:
-        """Whether connections report each message (costly; only when someone listens)."""
-        return self.monitoring.tracks_messages or any(messages for _, messages in self._subscribers)
+    def _listener_factory(self, transport_name: str) -> _ListenerFactory:
+        return _ListenerFactory(self, transport_name)
 
-    def start_listening(self, port: int | None = None) -> Deferred[ListeningAddress]:
+    def start_listening(self, port: int | str | None = None) -> Deferred[ChannelAddress]:
         """
-        Listen on ``listen_addr``: at ``port``, or the first port of
-        ``port_range`` that binds; TLS when enabled.
+        Start a listener; fires with the address bound.
 
-        :return: a Deferred firing with the address bound.
+        :param port: ``None``: the first port of ``port_range`` on
+            ``listen_addr`` that binds (TLS when ``enable_tls``); an ``int``:
+            that port; a ``str``: a Twisted endpoint description such as
+            ``tcp:9100:interface=127.0.0.1``, ``unix:/run/spear/agents.sock``
+            or ``ssl:9443:interface=127.0.0.1:privateKey=key.pem:certKey=cert.pem``.
         """
+        if isinstance(port, str):
+            return self.listeners.listen_description(port)
         config = self.config
-        transport = "ssl" if config.enable_tls else "tcp"
-        factory = _ListenerFactory(self, transport)
         try:
-            if config.enable_tls and self._tls_options is None:
-                assert config.tls_cert_path and config.tls_key_path
-                self._tls_options = server_tls_options(config.tls_cert_path, config.tls_key_path)
-
-            def listen_on(number: int) -> IListeningPort:
-                if config.enable_tls:
-                    return self.reactor.listenSSL(  # type: ignore[no-any-return]
-                        number,
-                        factory,
-                        self._tls_options,
-                        backlog=config.backlog,
-                        interface=config.listen_addr,
-                    )
-                return self.reactor.listenTCP(  # type: ignore[no-any-return]
-                    number, factory, backlog=config.backlog, interface=config.listen_addr
-                )
-
-            if port is not None:
-                listening = listen_on(port)
-            else:
-                listening = listen_in_range(listen_on, host=config.listen_addr, port_range=config.port_range)
+            tls = None
+            if config.enable_tls:
+                if self._tls_options is None:
+                    assert config.tls_cert_path is not None and config.tls_key_path is not None
+                    self._tls_options = server_tls_options(config.tls_cert_path, config.tls_key_path)
+                tls = self._tls_options
+            address = self.listeners.listen_tcp(config.listen_addr, port, config.port_range, tls)
         except Exception as e:
             return defer.fail(e)
-        bound = listening.getHost()
-        address = ListeningAddress(transport, bound.host, bound.port)
-        self._ports.append((listening, address))
-        self.log.info("Connection manager listening on {address}", address=str(address))
         return defer.succeed(address)
 
-    def listen(self, description: str) -> Deferred[ListeningAddress]:
-        """
-        Listen on a Twisted endpoint description (``tcp:9100:interface=127.0.0.1``,
-        ``unix:/run/spear/agents.sock``, ``ssl:9443:privateKey=...``).
-
-        A backlog of at least 1024 is used unless the description sets one; a
-        stale Unix socket file is replaced, a live one never.
-        """
-        kind = description.split(":", 1)[0].lower()
-        if "backlog=" not in description:
-            description += f":backlog={self.config.backlog}"
-        try:
-            if kind == "unix":
-                path = _unix_path(description)
-                clear_stale_socket(path)
-            endpoint = serverFromString(self.reactor, description)
-        except Exception as e:
-            return defer.fail(e)
-        listening = endpoint.listen(_ListenerFactory(self, kind))
-
-        def listened(port: IListeningPort) -> ListeningAddress:
-            bound = port.getHost()
-            name = getattr(bound, "name", None)
-            if name is not None:
-                path = name.decode() if isinstance(name, bytes) else str(name)
-                address = ListeningAddress(kind, path=path)
-            else:
-                address = ListeningAddress(kind, bound.host, bound.port)
-            self._ports.append((port, address))
-            self.log.info("Connection manager listening on {address}", address=str(address))
-            return address
-
-        return listening.addCallback(listened)
+    @property
+    def listen_addr(self) -> ChannelAddress | None:
+        """The address of the first listener started (what was bound), or ``None``."""
+        addresses = self.listeners.addresses
+        return addresses[0] if addresses else None
 
     @property
-    def listening_addresses(self) -> list[ListeningAddress]:
+    def listening_addresses(self) -> list[ChannelAddress]:
         """Every address listened on, in the order they were bound."""
-        return [address for _, address in self._ports]
-
-    @property
-    def listen_addr(self) -> str | None:
-        """The first address bound (``host:port`` or ``unix:path``), or ``None``."""
-        if not self._ports:
-            return None
-        address = self._ports[0][1]
-        return f"unix:{address.path}" if address.path else f"{address.host}:{address.port}"
+        return self.listeners.addresses
 
     def stop_listening(self) -> Deferred[None]:
-        """Stop every listener (Unix socket files are removed); connections stay."""
-        ports, self._ports = self._ports, []
-        stops = [defer.maybeDeferred(port.stopListening) for port, _ in ports]
-        return defer.DeferredList(stops, consumeErrors=True).addCallback(lambda _: None)
+        """Stop every listener (Unix socket files are removed); connections stay open."""
+        return self.listeners.stop()
 
-    # -- admission and authentication --------------------------------------------------------
-
-    def admit(self) -> SpearError | None:
-        """The error to refuse a new connection with, or ``None`` to let it in."""
-        if len(self._connections) >= self.config.max_connections:
-            return TooManyConnections(
-                f"the spearlet is at its limit of {self.config.max_connections} connections"
-            )
-        return None
+    # -- authentication ---------------------------------------------------------------------------
 
     def _validate(self, instance_id: RuntimeInstanceId, token: object) -> Any:
+        """The validator, behind the checks no token can skip."""
+        problem = token_problem(token)
+        if problem is not None:
+            return defer.fail(AuthenticationFailed(f"invalid token: {problem}", instance_id=instance_id))
         return self.validator(instance_id, token)
 
     def authenticate(self, connection: SpearProtocol, request: AuthRequest) -> Deferred[Channel]:
-        """Validate ``request`` on a shared listener; the instance's channel on success."""
+        """
+        Validate ``request`` received on one of our listeners; fires with the
+        instance's channel, which the connection then joins.
+        """
         instance_id = connection.instance_id
         assert instance_id is not None
-        checked = defer.maybeDeferred(self.validator, instance_id, request.token)
-        return checked.addCallback(self._authenticated, connection, instance_id)
+        checked = defer.maybeDeferred(self._validate, instance_id, request.token)
+        return checked.addCallback(self._validated, connection, instance_id)
 
-    def _authenticated(
-        self, valid: bool, connection: SpearProtocol, instance_id: RuntimeInstanceId
-    ) -> Channel:
+    def _validated(self, valid: object, connection: SpearProtocol, instance_id: RuntimeInstanceId) -> Channel:
         if valid is not True:
             raise AuthenticationFailed("invalid token", instance_id=instance_id)
+        channel = self.channel_for(instance_id, transport_name=connection.transport_name)
+        live = channel.connection
+        if (
+            live is not None
+            and not live.is_lost
+            and self.config.duplicate_policy is DuplicatePolicy.REFUSE_NEW
+        ):
+            raise AlreadyConnected(f"instance {instance_id} already has a live connection")
+        return channel
+
+    def connection_lost_before_auth(self, connection: SpearProtocol, error: SpearError | None) -> None:
+        """Nothing to undo: :meth:`observe` forgets the connection on ``Disconnected``."""
+
+    # -- channels ------------------------------------------------------------------------------------
+
+    def channel_for(self, instance_id: RuntimeInstanceId, *, transport_name: str = "stream") -> Channel:
+        """
+        The pooled channel of ``instance_id``, made if it has none.
+
+        Callers may wait on its ``when_connected()`` before the instance
+        connects: the first connection that authenticates as the instance on
+        any of our listeners joins this channel.
+        """
         channel = self.factory.get_channel(instance_id)
         if channel is not None and not channel.closed:
-            live = channel.connection
-            if (
-                live is not None
-                and not live.is_lost
-                and self.config.duplicate_policy is DuplicatePolicy.REFUSE_NEW
-            ):
-                raise AlreadyConnected("the instance already has a live connection", instance_id=instance_id)
             return channel
         channel = Channel(
             instance_id,
@@ -294,117 +250,172 @@ class ConnectionManager(Service):
             validator=self._validate,
             observer=self.observe,
             observe_messages=self.observes_messages,
-            admission=self.admit,
+            admission=self.admission.admit,
             replace_duplicates=self.config.duplicate_policy is DuplicatePolicy.REPLACE_OLD,
         )
-        channel.transport_name = connection.transport_name
+        channel.transport_name = transport_name
         self.factory.register_channel(channel)
         return channel
 
-    def connection_lost_before_auth(self, connection: SpearProtocol, error: SpearError | None) -> None:
-        """Nothing to undo: ``observe`` forgets the connection on ``Disconnected``."""
+    def remove_instance(self, instance_id: RuntimeInstanceId) -> Deferred[None]:
+        """
+        Forget ``instance_id``: revoke its secret (default validator) and
+        close its channel and connection; fires once they are closed.
+        """
+        if self.secrets is not None:
+            self.secrets.revoke(instance_id)
+        return self.factory.remove_channel(instance_id)
 
-    # -- events -------------------------------------------------------------------------------
+    # -- events ---------------------------------------------------------------------------------
+
+    @property
+    def observes_messages(self) -> bool:
+        """Whether connections report each message (only while someone wants them)."""
+        return (self._monitor is not None and self._monitor.tracks_messages) or any(
+            messages for _, messages in self._subscribers
+        )
+
+    def _update_observation(self) -> None:
+        """Start or stop message events on every connection and channel, per who listens."""
+        config = self.config
+        monitor = self.monitoring if config.enable_monitoring and self.monitoring.config.enabled else None
+        self._monitor = monitor
+        wanted = self.observes_messages
+        self.factory.observe_messages = wanted
+        for channel in self.factory.channels.values():
+            channel.observe_messages = wanted
+        for connection in self.admission.open.values():
+            connection.observe_messages = wanted
 
     def subscribe(self, subscriber: EventSubscriber, *, messages: bool = False) -> Callable[[], None]:
         """
         Deliver every connection event to ``subscriber``, in order.
 
-        Message events (``MessageReceived``/``MessageSent``) only with
-        ``messages=True``, for connections made from then on.
+        ``MessageReceived``/``MessageSent`` only with ``messages=True``.
+        A subscriber that raises is logged and kept.
+
         :return: a function that unsubscribes.
         """
         entry = (subscriber, messages)
         self._subscribers.append(entry)
         if messages:
-            self.factory.observe_messages = True
+            self._update_observation()
 
         def unsubscribe() -> None:
             if entry in self._subscribers:
                 self._subscribers.remove(entry)
-            self.factory.observe_messages = self.observes_messages
+                if messages:
+                    self._update_observation()
 
         return unsubscribe
 
     def observe(self, connection: SpearProtocol, event: ConnectionEvent) -> None:
-        """Track ``connection`` by ``event`` and pass the event on (the connections' observer)."""
+        """Track ``connection`` by ``event`` and pass the event on (every connection's observer)."""
         kind = event.kind
-        connection_id = event.connection_id
+        if kind in _MESSAGE_EVENTS:
+            monitor = self._monitor
+            if monitor is not None and event.message_type is not None and event.size is not None:
+                direction = (
+                    MessageDirection.INCOMING
+                    if kind is ConnectionEventKind.MESSAGE_RECEIVED
+                    else MessageDirection.OUTGOING
+                )
+                monitor.record_message_event(event.connection_id, event.message_type, direction, event.size)
+            self._deliver(event, message=True)
+            return
         if kind is ConnectionEventKind.CONNECTED:
             if connection.refuse is None:
-                self._connections[connection_id] = connection
-                self._pending_auth[connection_id] = connection
-                self._limit_pending_auth()
+                self.admission.started(connection)
         elif kind is ConnectionEventKind.AUTHENTICATED:
-            self._pending_auth.pop(connection_id, None)
+            self.admission.authenticated(connection)
+            if connection.instance_id is not None:
+                self._by_instance[connection.instance_id] = connection
         elif kind is ConnectionEventKind.DISCONNECTED:
-            self._connections.pop(connection_id, None)
-            self._pending_auth.pop(connection_id, None)
-        if self.monitoring.config.enabled:
-            self.monitoring.record_connection_event(connection_id, event)
-        message_event = kind in (ConnectionEventKind.MESSAGE_RECEIVED, ConnectionEventKind.MESSAGE_SENT)
+            self.admission.ended(connection)
+            if (
+                connection.instance_id is not None
+                and self._by_instance.get(connection.instance_id) is connection
+            ):
+                del self._by_instance[connection.instance_id]
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.record_connection_event(event.connection_id, event)
+            if kind is ConnectionEventKind.AUTHENTICATED and connection.connected_at is not None:
+                monitor.record_performance_event(
+                    "authentication",
+                    event.time - connection.connected_at,
+                    transport=connection.transport_name,
+                )
+        self._deliver(event, message=False)
+
+    def _deliver(self, event: ConnectionEvent, *, message: bool) -> None:
         for subscriber, messages in list(self._subscribers):
-            if message_event and not messages:
+            if message and not messages:
                 continue
             try:
                 subscriber(event)
             except Exception:
-                self.log.failure("Connection event subscriber failed on {kind}", kind=kind.value)
-
-    def _limit_pending_auth(self) -> None:
-        while len(self._pending_auth) > self.config.max_pending_auth:
-            _, oldest = self._pending_auth.popitem(last=False)
-            oldest.fail(
-                TooManyPendingAuth(
-                    f"more than {self.config.max_pending_auth} connections are waiting to authenticate;"
-                    " the oldest is closed"
+                self.log.failure(
+                    "Connection event subscriber failed on {kind} of {connection_id}",
+                    kind=event.kind.value,
+                    connection_id=event.connection_id,
                 )
-            )
 
     # -- connections ----------------------------------------------------------------------------------
 
     def get_connection_by_instance(self, instance_id: RuntimeInstanceId) -> ConnectionState | None:
-        """The authenticated connection of ``instance_id``, if any."""
-        for connection in self._connections.values():
-            if connection.instance_id == instance_id and connection.authenticated:
-                return ConnectionState.of(connection)
-        return None
+        """The state of ``instance_id``'s authenticated connection, if it has one."""
+        connection = self._by_instance.get(instance_id)
+        if connection is None or not connection.authenticated:
+            return None
+        return ConnectionState.of(connection)
+
+    def get_connection(self, connection_id: str) -> ConnectionState | None:
+        """The state of one open connection, if it is open."""
+        connection = self.admission.open.get(connection_id)
+        return None if connection is None else ConnectionState.of(connection)
 
     def get_all_connections(self) -> list[ConnectionState]:
-        """Every open connection, authenticated or not."""
-        return [ConnectionState.of(connection) for connection in self._connections.values()]
+        """The states of every open connection, authenticated or not, oldest first."""
+        return [ConnectionState.of(connection) for connection in self.admission.open.values()]
 
     def get_connection_count(self) -> int:
         """How many connections are open."""
-        return len(self._connections)
+        return len(self.admission.open)
 
-    def close_connection(self, connection_id: str) -> Deferred[None]:
-        """Close one connection in order; fires when it is gone.  KeyError if unknown."""
-        connection = self._connections.get(connection_id)
+    def close_connection(self, connection_id: str, reason: str = "closed by the spearlet") -> Deferred[None]:
+        """
+        Close one connection in order (``ConnectionClose`` with ``reason``);
+        fires once it is gone.
+
+        :raises KeyError: when no such connection is open.
+        """
+        connection = self.admission.open.get(connection_id)
         if connection is None:
-            return defer.fail(KeyError(f"no open connection {connection_id!r}"))
-        return connection.close("closed by the spearlet")
+            raise KeyError(f"no open connection {connection_id!r}")
+        return connection.close(reason)
 
-    def close_all_connections(self) -> Deferred[None]:
-        """Close every connection; fires when all are gone."""
-        closing = [
-            connection.close("the spearlet is closing") for connection in list(self._connections.values())
-        ]
+    def close_all_connections(self, reason: str = "the spearlet is closing") -> Deferred[None]:
+        """Close every open connection; fires once all are gone."""
+        closing = [connection.close(reason) for connection in list(self.admission.open.values())]
         return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
     # -- IService ---------------------------------------------------------------------------------
 
+    def startService(self) -> None:
+        """
+        Listen on ``config.endpoints``, or on the first free port of
+        ``port_range``; a listener that cannot start fails the start-up.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        failures: list[Failure] = []
+        for description in self.config.endpoints or (None,):
+            self.start_listening(description).addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
+
     def stopService(self) -> Deferred[None]:
-        """Stop listening, close channels and connections."""
-        super().stopService()
+        """Stop listening, then close every channel and connection."""
+        super().stopService()  # type: ignore[no-untyped-call]
         steps = [self.stop_listening(), self.factory.close_all(), self.close_all_connections()]
         return defer.DeferredList(steps, consumeErrors=True).addCallback(lambda _: None)
-
-
-def _unix_path(description: str) -> str:
-    """The path of a ``unix:`` endpoint description."""
-    rest = description.split(":", 1)[1]
-    match = re.match(r"(?:address=)?((?:\\:|[^:])+)", rest)
-    if match is None:
-        raise ValueError(f"no path in {description!r}")
-    return match.group(1).replace("\\:", ":")

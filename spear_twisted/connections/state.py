@@ -5,15 +5,19 @@ from __future__ import annotations
 import attrs
 
 from spear_twisted.channels.protocol import PeerCredentials, SpearProtocol
-from spear_twisted.wire import ConnectionStatus, RuntimeInstanceId
+from spear_twisted.wire import ConnectionStatus, RuntimeInstanceId, SessionState
 
 
 @attrs.frozen
 class ConnectionState:
     """
-    A snapshot of one connection (the seed's ``ConnectionState``).
+    A snapshot of one connection (the seed's ``ConnectionState``), read
+    from the live connection when asked for, so it is always current.
 
-    Times are on the reactor's clock.
+    Times are on the reactor's clock.  ``status`` is what the connection
+    reports in its heartbeats; ``session_state`` where its session stands
+    (``awaiting_auth``, ``active``, ``closing``, ``closed``);
+    ``heartbeat_sequence`` the number of the last heartbeat sent.
     """
 
     connection_id: str
@@ -28,6 +32,7 @@ class ConnectionState:
     status: ConnectionStatus
     heartbeat_sequence: int
     transport: str
+    session_state: SessionState
     peer_credentials: PeerCredentials | None = None
 
     @classmethod
@@ -46,5 +51,8 @@ class ConnectionState:
             status=connection.status,
             heartbeat_sequence=connection.heartbeat_sequence,
             transport=connection.transport_name,
+            session_state=SessionState.AWAITING_AUTH
+            if connection.session is None
+            else connection.session.state,
             peer_credentials=connection.peer_credentials,
         )

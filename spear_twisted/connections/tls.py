@@ -34,7 +34,7 @@ def server_tls_options(cert_path: str, key_path: str, alpn: Sequence[bytes] | No
     if not blocks:
         raise TLSConfigurationError(f"{cert_path}: no PEM certificate found")
     try:
-        certificate = ssl.PrivateCertificate.loadPEM(blocks[0] + key_pem)
+        certificate = ssl.PrivateCertificate.loadPEM(blocks[0] + key_pem)  # type: ignore[no-untyped-call]
         chain = [ssl.Certificate.loadPEM(block).original for block in blocks[1:]]
     except Exception as e:
         raise TLSConfigurationError(f"{cert_path} / {key_path}: {e}") from None
