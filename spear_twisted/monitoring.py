@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from twisted.application.service import Service
 
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
+from spear_twisted.channels.stats import LatencyWindow
 from spear_twisted.settings import setting
 from spear_twisted.wire import MessageType
 
@@ -157,7 +158,8 @@ class MonitoringService(Service):
         self._closed_order: deque[str] = deque()
         self.message_types: dict[tuple[str, str], MessageTypeMetrics] = {}
         self.system = SystemMetrics()
-        self.performance: dict[str, list[float]] = {}
+        #: The latest ``metrics_buffer_size`` durations of each timed operation.
+        self.performance: dict[str, LatencyWindow] = {}
 
         self.registry = CollectorRegistry(auto_describe=True)
         self._connections_total = Counter(
@@ -244,7 +246,7 @@ class MonitoringService(Service):
             system.connections_total += 1
             system.connections_active += 1
             self._connections_total.inc()
-            self._connections_active.inc()
+            self._connections_active.set(system.connections_active)
         elif kind is ConnectionEventKind.AUTHENTICATED:
             metrics.authenticated = True
             system.authentications += 1
@@ -261,8 +263,9 @@ class MonitoringService(Service):
             self._errors.labels(str(event.error_code)).inc()
         elif kind is ConnectionEventKind.DISCONNECTED:
             metrics.disconnected_at = event.time
+            # Never below zero, even for a connection that opened before tracking began.
             system.connections_active = max(0, system.connections_active - 1)
-            self._connections_active.dec()
+            self._connections_active.set(system.connections_active)
             self._closed_order.append(connection_id)
             while len(self._closed_order) > _CLOSED_CONNECTIONS_KEPT:
                 self.connections.pop(self._closed_order.popleft(), None)
@@ -315,28 +318,24 @@ class MonitoringService(Service):
             return
         if self.performance_events.append(PerformanceEvent(name, duration, tuple(sorted(labels.items())))):
             self._dropped.labels("performance").inc()
-        samples = self.performance.setdefault(name, [])
-        samples.append(duration)
-        if len(samples) > self.config.metrics_buffer_size:
-            del samples[: len(samples) - self.config.metrics_buffer_size]
+        samples = self.performance.get(name)
+        if samples is None:
+            samples = self.performance[name] = LatencyWindow(self.config.metrics_buffer_size)
+        samples.add(duration)
         self._performance.labels(name).observe(duration)
 
     # -- reading ---------------------------------------------------------------------------------
 
     def metrics_text(self) -> bytes:
         """The metrics in the Prometheus text exposition format."""
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
 
     def snapshot(self) -> dict[str, Any]:
         """Every figure as plain JSON-able data."""
         performance = {}
         for name, samples in self.performance.items():
-            ordered = sorted(samples)
-            performance[name] = {
-                "count": len(ordered),
-                "mean": sum(ordered) / len(ordered) if ordered else 0.0,
-                "max": ordered[-1] if ordered else 0.0,
-            }
+            mean, p50, p99 = samples.summary()
+            performance[name] = {"count": len(samples), "mean": mean, "p50": p50, "p99": p99}
         return {
             "enabled": self.config.enabled,
             "system": attrs.asdict(self.system),
