@@ -7,14 +7,19 @@ service's own (never the process-global one, so two spearlets in one process
 do not collide), and a JSON-able :meth:`MonitoringService.snapshot`.  Each
 buffer keeps the latest ``metrics_buffer_size`` events; older ones are
 dropped and the drops counted.  A disabled service, or a disabled kind of
-tracking, records nothing.
+tracking, records nothing; the ConnectionManager then asks connections for
+no per-message events at all.
+
+Message events are recorded on the hot path (every frame, both ways), so
+that path resolves nothing twice: Prometheus label children are looked up
+once per (direction, type) and kept.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -51,7 +56,9 @@ class MonitoringConfig:
     enable_message_tracking: bool = setting(
         True, doc="Record every message (type, direction, size); costs a little per message."
     )
-    enable_performance_tracking: bool = setting(True, doc="Record timed operations (round trips, spawns).")
+    enable_performance_tracking: bool = setting(
+        True, doc="Record timed operations (handshakes, round trips, spawns)."
+    )
     metrics_buffer_size: int = setting(
         10_000,
         doc="Events kept per buffer; the oldest are dropped (and counted) beyond.",
@@ -59,9 +66,11 @@ class MonitoringConfig:
     )
 
 
-@attrs.frozen
-class MessageEvent:
-    """One message seen on a connection."""
+class MessageEvent(NamedTuple):
+    """
+    One message seen on a connection (a tuple rather than an attrs class:
+    one is made per frame, and a tuple is the cheapest immutable record).
+    """
 
     connection_id: str
     message_type: MessageType
@@ -72,7 +81,7 @@ class MessageEvent:
 
 @attrs.frozen
 class PerformanceEvent:
-    """One timed operation (a request's round trip, a spawn, ...)."""
+    """One timed operation (a handshake, a request's round trip, a spawn, ...)."""
 
     name: str
     duration: float
@@ -81,7 +90,7 @@ class PerformanceEvent:
 
 @attrs.define
 class ConnectionMetrics:
-    """Running figures of one connection."""
+    """Running figures of one connection; times are on the reactor's clock."""
 
     connection_id: str
     instance_id: str | None = None
@@ -99,7 +108,7 @@ class ConnectionMetrics:
 
 @attrs.define
 class MessageTypeMetrics:
-    """Running figures of one message type in one direction."""
+    """Running figures of one message type in one direction (bytes are whole frames)."""
 
     count: int = 0
     bytes: int = 0
@@ -123,24 +132,29 @@ class SystemMetrics:
     bytes_sent: int = 0
 
 
-class _Buffer:
-    """A bounded buffer that counts what it drops."""
+class EventBuffer:
+    """The latest ``size`` events, and how many older ones were dropped."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, dropped_counter: Any) -> None:
         self.items: deque[Any] = deque(maxlen=size)
         self.dropped = 0
+        self._size = size
+        self._dropped_counter = dropped_counter
 
-    def append(self, item: Any) -> bool:
-        """Keep ``item``; True when the oldest item was dropped to make room."""
-        full = len(self.items) == self.items.maxlen
-        if full:
+    def append(self, item: Any) -> None:
+        if len(self.items) == self._size:
             self.dropped += 1
+            self._dropped_counter.inc()
         self.items.append(item)
-        return full
 
 
 #: Connections whose figures are kept after they end, for the snapshot.
-_CLOSED_CONNECTIONS_KEPT = 256
+CLOSED_CONNECTIONS_KEPT = 256
+
+_MESSAGE_KINDS = {
+    ConnectionEventKind.MESSAGE_RECEIVED: MessageDirection.INCOMING,
+    ConnectionEventKind.MESSAGE_SENT: MessageDirection.OUTGOING,
+}
 
 
 class MonitoringService(Service):
@@ -149,90 +163,76 @@ class MonitoringService(Service):
     name = "monitoring"
 
     def __init__(self, config: MonitoringConfig | None = None) -> None:
-        self.config = config or MonitoringConfig()
-        size = self.config.metrics_buffer_size
-        self.connection_events = _Buffer(size)
-        self.message_events = _Buffer(size)
-        self.performance_events = _Buffer(size)
-        self.connections: dict[str, ConnectionMetrics] = {}
-        self._closed_order: deque[str] = deque()
-        self.message_types: dict[tuple[str, str], MessageTypeMetrics] = {}
-        self.system = SystemMetrics()
-        #: The latest ``metrics_buffer_size`` durations of each timed operation.
-        self.performance: dict[str, LatencyWindow] = {}
+        self.config = config = config or MonitoringConfig()
+        #: Whether each kind of event is recorded (fixed: the config is frozen).
+        self.tracks_connections = config.enabled and config.enable_connection_tracking
+        self.tracks_messages = config.enabled and config.enable_message_tracking
+        self.tracks_performance = config.enabled and config.enable_performance_tracking
 
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._connections_total = Counter(
-            "spear_connections", "Connections accepted or made", registry=self.registry
-        )
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._connections_total = Counter("spear_connections", "Connections accepted or made", registry=registry)
         self._connections_active = Gauge(
-            "spear_connections_active", "Connections currently open", registry=self.registry
+            "spear_connections_active", "Connections currently open", registry=registry
         )
-        self._auth = Counter(
-            "spear_authentications", "Authentication attempts by outcome", ["outcome"], registry=self.registry
+        auth = Counter(
+            "spear_authentications", "Authentication attempts by outcome", ["outcome"], registry=registry
         )
+        self._auth_success = auth.labels("success")
+        self._auth_failure = auth.labels("failure")
         self._heartbeat_timeouts = Counter(
-            "spear_heartbeat_timeouts", "Connections closed for heartbeat timeout", registry=self.registry
+            "spear_heartbeat_timeouts", "Connections closed for heartbeat timeout", registry=registry
         )
-        self._errors = Counter("spear_errors", "Errors by code", ["code"], registry=self.registry)
+        self._errors = Counter("spear_errors", "Errors sent or met, by error code", ["code"], registry=registry)
         self._messages = Counter(
-            "spear_messages",
-            "Messages by direction and type",
-            ["direction", "message_type"],
-            registry=self.registry,
+            "spear_messages", "Messages by direction and type", ["direction", "message_type"], registry=registry
         )
         self._message_bytes = Counter(
             "spear_message_bytes",
-            "Frame bytes by direction and type",
+            "Frame bytes by direction and message type",
             ["direction", "message_type"],
-            registry=self.registry,
+            registry=registry,
         )
         self._processing = Histogram(
             "spear_message_processing_seconds",
             "Processing time of messages by type",
             ["message_type"],
-            registry=self.registry,
+            registry=registry,
         )
         self._performance = Histogram(
-            "spear_operation_seconds", "Duration of timed operations", ["operation"], registry=self.registry
+            "spear_operation_seconds", "Duration of timed operations", ["operation"], registry=registry
         )
-        self._dropped = Counter(
-            "spear_monitoring_events_dropped",
-            "Events dropped from full buffers",
-            ["buffer"],
-            registry=self.registry,
+        dropped = Counter(
+            "spear_monitoring_events_dropped", "Events dropped from full buffers", ["buffer"], registry=registry
         )
+
+        size = config.metrics_buffer_size
+        self.connection_events = EventBuffer(size, dropped.labels("connection"))
+        self.message_events = EventBuffer(size, dropped.labels("message"))
+        self.performance_events = EventBuffer(size, dropped.labels("performance"))
+        #: Figures of open connections, and of the latest closed ones.
+        self.connections: dict[str, ConnectionMetrics] = {}
+        self._closed_order: deque[str] = deque()
+        #: Figures by ``(direction, message type)`` names.
+        self.message_types: dict[tuple[str, str], MessageTypeMetrics] = {}
+        # The same figures by enum members, with their Prometheus children.
+        self._message_entries: dict[tuple[MessageDirection, MessageType], tuple[MessageTypeMetrics, Any, Any]] = {}
+        self.system = SystemMetrics()
+        #: The latest ``metrics_buffer_size`` durations of each timed operation.
+        self.performance: dict[str, LatencyWindow] = {}
 
     # -- recording -------------------------------------------------------------------------
 
-    @property
-    def tracks_connections(self) -> bool:
-        return self.config.enabled and self.config.enable_connection_tracking
-
-    @property
-    def tracks_messages(self) -> bool:
-        return self.config.enabled and self.config.enable_message_tracking
-
-    @property
-    def tracks_performance(self) -> bool:
-        return self.config.enabled and self.config.enable_performance_tracking
-
     def record_connection_event(self, connection_id: str, event: ConnectionEvent) -> None:
-        """Record one event of ``connection_id``."""
+        """Record one :class:`~spear_twisted.channels.events.ConnectionEvent` of ``connection_id``."""
         kind = event.kind
-        if kind in (ConnectionEventKind.MESSAGE_RECEIVED, ConnectionEventKind.MESSAGE_SENT):
+        direction = _MESSAGE_KINDS.get(kind)
+        if direction is not None:
             if event.message_type is not None and event.size is not None:
-                direction = (
-                    MessageDirection.INCOMING
-                    if kind is ConnectionEventKind.MESSAGE_RECEIVED
-                    else MessageDirection.OUTGOING
-                )
-                self.record_message_event(connection_id, event.message_type, direction, event.size, None)
+                self.record_message_event(connection_id, event.message_type, direction, event.size)
             return
         if not self.tracks_connections:
             return
-        if self.connection_events.append(event):
-            self._dropped.labels("connection").inc()
+        self.connection_events.append(event)
         metrics = self.connections.get(connection_id)
         if metrics is None:
             metrics = self.connections[connection_id] = ConnectionMetrics(connection_id)
@@ -250,10 +250,10 @@ class MonitoringService(Service):
         elif kind is ConnectionEventKind.AUTHENTICATED:
             metrics.authenticated = True
             system.authentications += 1
-            self._auth.labels("success").inc()
+            self._auth_success.inc()
         elif kind is ConnectionEventKind.AUTHENTICATION_FAILED:
             system.authentication_failures += 1
-            self._auth.labels("failure").inc()
+            self._auth_failure.inc()
         elif kind is ConnectionEventKind.HEARTBEAT_TIMEOUT:
             system.heartbeat_timeouts += 1
             self._heartbeat_timeouts.inc()
@@ -267,7 +267,7 @@ class MonitoringService(Service):
             system.connections_active = max(0, system.connections_active - 1)
             self._connections_active.set(system.connections_active)
             self._closed_order.append(connection_id)
-            while len(self._closed_order) > _CLOSED_CONNECTIONS_KEPT:
+            if len(self._closed_order) > CLOSED_CONNECTIONS_KEPT:
                 self.connections.pop(self._closed_order.popleft(), None)
 
     def record_message_event(
@@ -278,21 +278,21 @@ class MonitoringService(Service):
         size: int,
         processing_time: float | None = None,
     ) -> None:
-        """Record one message of ``size`` frame bytes on ``connection_id``."""
+        """
+        Record one message of ``size`` frame bytes on ``connection_id``;
+        ``processing_time`` (seconds) when the caller timed its handling.
+        """
         if not self.tracks_messages:
             return
-        if self.message_events.append(
-            MessageEvent(connection_id, message_type, direction, size, processing_time)
-        ):
-            self._dropped.labels("message").inc()
-        key = (direction.value, message_type.value)
-        figures = self.message_types.get(key)
-        if figures is None:
-            figures = self.message_types[key] = MessageTypeMetrics()
+        self.message_events.append(MessageEvent(connection_id, message_type, direction, size, processing_time))
+        entry = self._message_entries.get((direction, message_type))
+        if entry is None:
+            entry = self._message_entry(direction, message_type)
+        figures, count_child, bytes_child = entry
         figures.count += 1
         figures.bytes += size
-        self._messages.labels(*key).inc()
-        self._message_bytes.labels(*key).inc(size)
+        count_child.inc()
+        bytes_child.inc(size)
         if processing_time is not None:
             figures.processing_time_total += processing_time
             figures.processing_time_samples += 1
@@ -312,12 +312,20 @@ class MonitoringService(Service):
                 metrics.messages_sent += 1
                 metrics.bytes_sent += size
 
+    def _message_entry(
+        self, direction: MessageDirection, message_type: MessageType
+    ) -> tuple[MessageTypeMetrics, Any, Any]:
+        names = (direction.value, message_type.value)
+        figures = self.message_types[names] = MessageTypeMetrics()
+        entry = (figures, self._messages.labels(*names), self._message_bytes.labels(*names))
+        self._message_entries[(direction, message_type)] = entry
+        return entry
+
     def record_performance_event(self, name: str, duration: float, **labels: str) -> None:
-        """Record that operation ``name`` took ``duration`` seconds."""
+        """Record that operation ``name`` took ``duration`` seconds (``labels`` describe it)."""
         if not self.tracks_performance:
             return
-        if self.performance_events.append(PerformanceEvent(name, duration, tuple(sorted(labels.items())))):
-            self._dropped.labels("performance").inc()
+        self.performance_events.append(PerformanceEvent(name, duration, tuple(sorted(labels.items()))))
         samples = self.performance.get(name)
         if samples is None:
             samples = self.performance[name] = LatencyWindow(self.config.metrics_buffer_size)

@@ -82,7 +82,8 @@ class Admission:
         """
         if len(self.open) >= self.max_connections:
             return TooManyConnections(f"the spearlet is at its limit of {self.max_connections} connections")
-        if self.pending_count() >= self.max_pending_auth:
+        # Only a full table is worth sweeping for connections that stopped waiting.
+        if len(self._pending) >= self.max_pending_auth and self.pending_count() >= self.max_pending_auth:
             victim = self._silent_pending()
             if victim is None:
                 return TooManyPendingAuth(
