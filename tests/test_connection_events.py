@@ -288,3 +288,35 @@ class StateTests(TestCase):
         yield self.assertFailure(channel.when_connected(), ConnectionClosed)
         again = agent_channel(self, worker, token)
         yield self.assertFailure(dial(again, address), AuthenticationFailed)
+
+
+class ReentrantSubscriberTests(TestCase):
+    @defer.inlineCallbacks
+    def test_events_caused_by_a_subscriber_reach_every_subscriber_in_order(self) -> Gen:
+        manager = make_manager(self)
+        assert manager.secrets is not None
+        address = yield manager.start_listening()
+        first: list[ConnectionEvent] = []
+        second: list[ConnectionEvent] = []
+
+        def closing(event: ConnectionEvent) -> None:
+            first.append(event)
+            if event.kind is K.AUTHENTICATED:
+                manager.close_connection(event.connection_id, "not today")
+
+        manager.subscribe(closing, messages=True)
+        manager.subscribe(second.append, messages=True)
+        worker = instance("w")
+        agent = agent_channel(self, worker, manager.secrets.issue(worker))
+        yield dial(agent, address)
+        yield wait_until(lambda: second and second[-1].kind is K.DISCONNECTED, "the Disconnected event")
+        kinds = [(e.kind, e.message_type) for e in second]
+        self.assertEqual(kinds, [(e.kind, e.message_type) for e in first])
+        self.assertEqual(
+            kinds[2:5],
+            [
+                (K.MESSAGE_SENT, MessageType.AUTH_RESPONSE),
+                (K.AUTHENTICATED, None),
+                (K.MESSAGE_SENT, MessageType.CONNECTION_CLOSE),
+            ],
+        )

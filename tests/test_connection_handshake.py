@@ -286,6 +286,20 @@ class AuthTimeoutTests(TestCase):
         self.assertEqual(error.message, "no AuthRequest within 5 s")
 
     @defer.inlineCallbacks
+    def test_a_validator_that_never_answers_ends_at_the_auth_timeout(self) -> Gen:
+        clock = ClockReactor()
+        validator = LaterValidator()
+        manager = make_manager(self, reactor=clock, validator=validator, auth_timeout=5)
+        address = yield manager.start_listening()
+        raw = yield connect_raw(self, address)
+        raw.send(auth_request(instance("w"), "long-enough-token"))
+        yield wait_until(lambda: validator.answers, "the validation starting")
+        clock.advance(5)
+        yield raw.lost
+        self.assertEqual(error_of(raw.messages[0]).error_code, ErrorCode.AUTHENTICATION_TIMEOUT)
+        self.assertTrue(validator.answers[0].called, "the pending validation is cancelled")
+
+    @defer.inlineCallbacks
     def test_trickling_bytes_does_not_extend_the_deadline(self) -> Gen:
         clock = ClockReactor()
         manager = make_manager(self, reactor=clock, auth_timeout=30)

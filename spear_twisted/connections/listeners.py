@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from spear_twisted.channels.config import ChannelAddress
 from spear_twisted.channels.ports import listen_in_range
@@ -168,5 +169,11 @@ class Listeners:
     def stop(self) -> Deferred[None]:
         """Stop every listener (a Unix one removes its socket file); fires when all are stopped."""
         ports, self._ports = self._ports, []
-        stops = [defer.maybeDeferred(port.stopListening) for port, _ in ports]
-        return defer.DeferredList(stops, consumeErrors=True).addCallback(lambda _: None)
+        stops = [
+            defer.maybeDeferred(port.stopListening).addErrback(self._stop_failed, address)
+            for port, address in ports
+        ]
+        return defer.DeferredList(stops).addCallback(lambda _: None)
+
+    def _stop_failed(self, failure: Failure, address: ChannelAddress) -> None:
+        self.log.failure("Listener {address} did not stop cleanly", failure, address=str(address))

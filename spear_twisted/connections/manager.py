@@ -23,6 +23,7 @@ service with message tracking on, or a subscriber that asked for them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -95,7 +96,9 @@ def _channel_class(transport_name: str) -> type[Channel]:
     made = _channel_classes.get(transport_name)
     if made is None:
         made = _channel_classes[transport_name] = type(
-            f"Channel[{transport_name}]", (Channel,), {"transport_name": transport_name, "__module__": __name__}
+            f"Channel[{transport_name}]",
+            (Channel,),
+            {"transport_name": transport_name, "__module__": __name__},
         )
     return made
 
@@ -149,6 +152,8 @@ class ConnectionManager(Service):
             reactor, self._listener_factory, backlog=config.backlog, allow_remote=config.allow_remote
         )
         self._subscribers: list[tuple[EventSubscriber, bool]] = []
+        self._outbox: deque[tuple[ConnectionEvent, bool]] = deque()
+        self._delivering = False
         self._by_instance: dict[RuntimeInstanceId, SpearProtocol] = {}
         self._tls_options: Any = None
         self.factory = communication_factory or CommunicationFactory(
@@ -367,17 +372,31 @@ class ConnectionManager(Service):
         self._deliver(event, message=False)
 
     def _deliver(self, event: ConnectionEvent, *, message: bool) -> None:
-        for subscriber, messages in list(self._subscribers):
-            if message and not messages:
-                continue
-            try:
-                subscriber(event)
-            except Exception:
-                self.log.failure(
-                    "Connection event subscriber failed on {kind} of {connection_id}",
-                    kind=event.kind.value,
-                    connection_id=event.connection_id,
-                )
+        if not self._subscribers:
+            return
+        # A subscriber may cause events (by closing a connection, say) while
+        # it is being told of one: those wait in line, so that every
+        # subscriber sees every event in the same order.
+        self._outbox.append((event, message))
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._outbox:
+                event, message = self._outbox.popleft()
+                for subscriber, messages in list(self._subscribers):
+                    if message and not messages:
+                        continue
+                    try:
+                        subscriber(event)
+                    except Exception:
+                        self.log.failure(
+                            "Connection event subscriber failed on {kind} of {connection_id}",
+                            kind=event.kind.value,
+                            connection_id=event.connection_id,
+                        )
+        finally:
+            self._delivering = False
 
     # -- connections ----------------------------------------------------------------------------------
 
