@@ -115,7 +115,7 @@ class ConnectionManagerConfig:
         CONNECTION_TIMEOUT,
         doc=(
             "Seconds an authenticated connection may carry nothing but heartbeats before it is closed "
-            "(error 1203); unset disables it."
+            "(error 1203); ``None`` disables it."
         ),
         validator=_positive_or_none,
     )

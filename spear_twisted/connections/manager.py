@@ -111,6 +111,7 @@ class ConnectionManager(Service):
     :param validator: ``(instance_id, token) -> bool | Deferred[bool]``; by
         default a fresh :class:`~spear_twisted.auth.SecretRegistry`
         (:attr:`secrets`), which refuses everyone until secrets are issued.
+        ``remove_instance`` revokes secrets from a registry.
         Tokens that can never be valid (not a string, not ASCII, shorter
         than 8 or longer than 4096 characters) are refused before any
         validator sees them.
@@ -137,11 +138,11 @@ class ConnectionManager(Service):
             reactor = global_reactor
         self.config = config = config or ConnectionManagerConfig()
         self.reactor = reactor
-        #: The default validator's secrets (``None`` when a validator was given).
-        self.secrets: SecretRegistry | None = None
         if validator is None:
-            validator = self.secrets = SecretRegistry()
+            validator = SecretRegistry()
         self.validator: SecretValidator = validator
+        #: The validator when it is a secret registry (the default), else ``None``.
+        self.secrets: SecretRegistry | None = validator if isinstance(validator, SecretRegistry) else None
         if monitoring is None:
             monitoring = MonitoringService(MonitoringConfig(enabled=config.enable_monitoring))
         self.monitoring = monitoring
@@ -282,7 +283,7 @@ class ConnectionManager(Service):
 
     def remove_instance(self, instance_id: RuntimeInstanceId) -> Deferred[None]:
         """
-        Forget ``instance_id``: revoke its secret (default validator) and
+        Forget ``instance_id``: revoke its secret (when the validator is a registry) and
         close its channel and connection; fires once they are closed.
         """
         if self.secrets is not None:
