@@ -11,8 +11,11 @@ tracking, records nothing; the ConnectionManager then asks connections for
 no per-message events at all.
 
 Message events are recorded on the hot path (every frame, both ways), so
-that path resolves nothing twice: Prometheus label children are looked up
-once per (direction, type) and kept.
+recording only counts, in plain attributes: the Prometheus counters and
+gauges are read from those same figures when the registry is collected
+(scraped), so the snapshot and the exposition always agree and a frame costs
+no metric locks.  Only the two histograms (processing times, timed
+operations) are Prometheus objects updated as events arrive.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import Service
 
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
@@ -135,16 +139,14 @@ class SystemMetrics:
 class EventBuffer:
     """The latest ``size`` events, and how many older ones were dropped."""
 
-    def __init__(self, size: int, dropped_counter: Any) -> None:
+    def __init__(self, size: int) -> None:
         self.items: deque[Any] = deque(maxlen=size)
         self.dropped = 0
         self._size = size
-        self._dropped_counter = dropped_counter
 
     def append(self, item: Any) -> None:
         if len(self.items) == self._size:
             self.dropped += 1
-            self._dropped_counter.inc()
         self.items.append(item)
 
 
@@ -169,29 +171,26 @@ class MonitoringService(Service):
         self.tracks_messages = config.enabled and config.enable_message_tracking
         self.tracks_performance = config.enabled and config.enable_performance_tracking
 
-        self.registry = registry = CollectorRegistry(auto_describe=True)
-        self._connections_total = Counter("spear_connections", "Connections accepted or made", registry=registry)
-        self._connections_active = Gauge(
-            "spear_connections_active", "Connections currently open", registry=registry
-        )
-        auth = Counter(
-            "spear_authentications", "Authentication attempts by outcome", ["outcome"], registry=registry
-        )
-        self._auth_success = auth.labels("success")
-        self._auth_failure = auth.labels("failure")
-        self._heartbeat_timeouts = Counter(
-            "spear_heartbeat_timeouts", "Connections closed for heartbeat timeout", registry=registry
-        )
-        self._errors = Counter("spear_errors", "Errors sent or met, by error code", ["code"], registry=registry)
-        self._messages = Counter(
-            "spear_messages", "Messages by direction and type", ["direction", "message_type"], registry=registry
-        )
-        self._message_bytes = Counter(
-            "spear_message_bytes",
-            "Frame bytes by direction and message type",
-            ["direction", "message_type"],
-            registry=registry,
-        )
+        size = config.metrics_buffer_size
+        self.connection_events = EventBuffer(size)
+        self.message_events = EventBuffer(size)
+        self.performance_events = EventBuffer(size)
+        #: Figures of open connections, and of the latest closed ones.
+        self.connections: dict[str, ConnectionMetrics] = {}
+        self._closed_order: deque[str] = deque()
+        #: Figures by ``(direction, message type)`` names.
+        self.message_types: dict[tuple[str, str], MessageTypeMetrics] = {}
+        # The same figures by enum members.
+        self._by_kind: dict[tuple[MessageDirection, MessageType], MessageTypeMetrics] = {}
+        self.system = SystemMetrics()
+        #: Errors by error code.
+        self.errors_by_code: dict[int, int] = {}
+        #: The latest ``metrics_buffer_size`` durations of each timed operation.
+        self.performance: dict[str, LatencyWindow] = {}
+
+        #: The service's own Prometheus registry (never the global one).
+        self.registry = registry = CollectorRegistry()
+        registry.register(_FiguresCollector(self))
         self._processing = Histogram(
             "spear_message_processing_seconds",
             "Processing time of messages by type",
@@ -201,24 +200,7 @@ class MonitoringService(Service):
         self._performance = Histogram(
             "spear_operation_seconds", "Duration of timed operations", ["operation"], registry=registry
         )
-        dropped = Counter(
-            "spear_monitoring_events_dropped", "Events dropped from full buffers", ["buffer"], registry=registry
-        )
-
-        size = config.metrics_buffer_size
-        self.connection_events = EventBuffer(size, dropped.labels("connection"))
-        self.message_events = EventBuffer(size, dropped.labels("message"))
-        self.performance_events = EventBuffer(size, dropped.labels("performance"))
-        #: Figures of open connections, and of the latest closed ones.
-        self.connections: dict[str, ConnectionMetrics] = {}
-        self._closed_order: deque[str] = deque()
-        #: Figures by ``(direction, message type)`` names.
-        self.message_types: dict[tuple[str, str], MessageTypeMetrics] = {}
-        # The same figures by enum members, with their Prometheus children.
-        self._message_entries: dict[tuple[MessageDirection, MessageType], tuple[MessageTypeMetrics, Any, Any]] = {}
-        self.system = SystemMetrics()
-        #: The latest ``metrics_buffer_size`` durations of each timed operation.
-        self.performance: dict[str, LatencyWindow] = {}
+        self._operations: dict[str, tuple[LatencyWindow, Any]] = {}
 
     # -- recording -------------------------------------------------------------------------
 
@@ -245,27 +227,22 @@ class MonitoringService(Service):
             metrics.remote_addr = event.remote_addr
             system.connections_total += 1
             system.connections_active += 1
-            self._connections_total.inc()
-            self._connections_active.set(system.connections_active)
         elif kind is ConnectionEventKind.AUTHENTICATED:
             metrics.authenticated = True
             system.authentications += 1
-            self._auth_success.inc()
         elif kind is ConnectionEventKind.AUTHENTICATION_FAILED:
             system.authentication_failures += 1
-            self._auth_failure.inc()
         elif kind is ConnectionEventKind.HEARTBEAT_TIMEOUT:
             system.heartbeat_timeouts += 1
-            self._heartbeat_timeouts.inc()
         elif kind is ConnectionEventKind.ERROR:
             metrics.errors += 1
             system.errors += 1
-            self._errors.labels(str(event.error_code)).inc()
+            code = event.error_code or 0
+            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
         elif kind is ConnectionEventKind.DISCONNECTED:
             metrics.disconnected_at = event.time
             # Never below zero, even for a connection that opened before tracking began.
             system.connections_active = max(0, system.connections_active - 1)
-            self._connections_active.set(system.connections_active)
             self._closed_order.append(connection_id)
             if len(self._closed_order) > CLOSED_CONNECTIONS_KEPT:
                 self.connections.pop(self._closed_order.popleft(), None)
@@ -284,15 +261,15 @@ class MonitoringService(Service):
         """
         if not self.tracks_messages:
             return
-        self.message_events.append(MessageEvent(connection_id, message_type, direction, size, processing_time))
-        entry = self._message_entries.get((direction, message_type))
-        if entry is None:
-            entry = self._message_entry(direction, message_type)
-        figures, count_child, bytes_child = entry
+        self.message_events.append(
+            MessageEvent(connection_id, message_type, direction, size, processing_time)
+        )
+        figures = self._by_kind.get((direction, message_type))
+        if figures is None:
+            figures = self._by_kind[(direction, message_type)] = MessageTypeMetrics()
+            self.message_types[(direction.value, message_type.value)] = figures
         figures.count += 1
         figures.bytes += size
-        count_child.inc()
-        bytes_child.inc(size)
         if processing_time is not None:
             figures.processing_time_total += processing_time
             figures.processing_time_samples += 1
@@ -312,25 +289,18 @@ class MonitoringService(Service):
                 metrics.messages_sent += 1
                 metrics.bytes_sent += size
 
-    def _message_entry(
-        self, direction: MessageDirection, message_type: MessageType
-    ) -> tuple[MessageTypeMetrics, Any, Any]:
-        names = (direction.value, message_type.value)
-        figures = self.message_types[names] = MessageTypeMetrics()
-        entry = (figures, self._messages.labels(*names), self._message_bytes.labels(*names))
-        self._message_entries[(direction, message_type)] = entry
-        return entry
-
     def record_performance_event(self, name: str, duration: float, **labels: str) -> None:
         """Record that operation ``name`` took ``duration`` seconds (``labels`` describe it)."""
         if not self.tracks_performance:
             return
         self.performance_events.append(PerformanceEvent(name, duration, tuple(sorted(labels.items()))))
-        samples = self.performance.get(name)
-        if samples is None:
+        entry = self._operations.get(name)
+        if entry is None:
             samples = self.performance[name] = LatencyWindow(self.config.metrics_buffer_size)
+            entry = self._operations[name] = (samples, self._performance.labels(name))
+        samples, histogram = entry
         samples.add(duration)
-        self._performance.labels(name).observe(duration)
+        histogram.observe(duration)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -347,6 +317,7 @@ class MonitoringService(Service):
         return {
             "enabled": self.config.enabled,
             "system": attrs.asdict(self.system),
+            "errors_by_code": {str(code): count for code, count in sorted(self.errors_by_code.items())},
             "connections": {cid: attrs.asdict(m) for cid, m in self.connections.items()},
             "message_types": {
                 f"{direction}:{kind}": attrs.asdict(figures)
@@ -365,3 +336,59 @@ class MonitoringService(Service):
                 },
             },
         }
+
+
+class _FiguresCollector:
+    """The service's counters and gauges, read from its figures at each collection."""
+
+    def __init__(self, service: MonitoringService) -> None:
+        self.service = service
+
+    def describe(self) -> list[Metric]:
+        # Names are fixed and cannot collide within the service's own registry.
+        return []
+
+    def collect(self) -> list[Metric]:
+        service = self.service
+        system = service.system
+        auth = CounterMetricFamily(
+            "spear_authentications", "Authentication attempts by outcome", labels=["outcome"]
+        )
+        auth.add_metric(["success"], system.authentications)
+        auth.add_metric(["failure"], system.authentication_failures)
+        errors = CounterMetricFamily("spear_errors", "Errors sent or met, by error code", labels=["code"])
+        for code, count in sorted(service.errors_by_code.items()):
+            errors.add_metric([str(code)], count)
+        labels = ["direction", "message_type"]
+        messages = CounterMetricFamily("spear_messages", "Messages by direction and type", labels=labels)
+        frame_bytes = CounterMetricFamily(
+            "spear_message_bytes", "Frame bytes by direction and message type", labels=labels
+        )
+        for names, figures in sorted(service.message_types.items()):
+            messages.add_metric(list(names), figures.count)
+            frame_bytes.add_metric(list(names), figures.bytes)
+        dropped = CounterMetricFamily(
+            "spear_monitoring_events_dropped", "Events dropped from full buffers", labels=["buffer"]
+        )
+        for name, buffer in (
+            ("connection", service.connection_events),
+            ("message", service.message_events),
+            ("performance", service.performance_events),
+        ):
+            dropped.add_metric([name], buffer.dropped)
+        return [
+            CounterMetricFamily("spear_connections", "Connections accepted", value=system.connections_total),
+            GaugeMetricFamily(
+                "spear_connections_active", "Connections open", value=system.connections_active
+            ),
+            auth,
+            CounterMetricFamily(
+                "spear_heartbeat_timeouts",
+                "Connections closed for heartbeat timeout",
+                value=system.heartbeat_timeouts,
+            ),
+            errors,
+            messages,
+            frame_bytes,
+            dropped,
+        ]
