@@ -49,10 +49,55 @@ def _write_generated() -> None:
             f"     - :class:`~spear_twisted.errors.{ERROR_CLASSES[code].__name__}`",
             f"     - {code.description}",
         ]
-    text = "\n".join(lines) + "\n"
-    target = out / "error_codes.rst"
+    _write_if_changed(out / "error_codes.rst", "\n".join(lines) + "\n")
+
+    from spear_twisted.connections import ConnectionManagerConfig
+    from spear_twisted.monitoring import MonitoringConfig
+
+    for name, settings_class in [("connections", ConnectionManagerConfig), ("monitoring", MonitoringConfig)]:
+        _write_if_changed(out / f"settings_{name}.rst", _settings_table(settings_class))
+
+
+def _write_if_changed(target: Path, text: str) -> None:
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
+
+
+def _settings_table(settings_class: type) -> str:
+    """The keys of a settings class (``spear_twisted.settings``) with defaults and documentation."""
+    import enum
+
+    import attrs
+
+    from spear_twisted.settings import field_doc
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "unset"
+        if isinstance(value, bool):
+            return "``true``" if value else "``false``"
+        if isinstance(value, enum.Enum):
+            return f'``"{value.value}"``'
+        if isinstance(value, tuple):
+            return "``[" + ", ".join(str(item) for item in value) + "]``"
+        if isinstance(value, str):
+            return f'``"{value}"``'
+        if isinstance(value, float):
+            return f"``{value:g}``"
+        return f"``{value}``"
+
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 24 16 60",
+        "",
+        "   * - key",
+        "     - default",
+        "     - meaning",
+    ]
+    for field in attrs.fields(settings_class):
+        lines += [f"   * - ``{field.name}``", f"     - {shown(field.default)}", f"     - {field_doc(field)}"]
+    return "\n".join(lines) + "\n"
 
 
 if not os.environ.get("SPEAR_DOCS_SKIP_GENERATED"):

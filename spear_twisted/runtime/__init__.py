@@ -1,0 +1,1 @@
+"""Runtimes: spawning, supervising and stopping instances."""
