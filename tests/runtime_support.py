@@ -177,6 +177,9 @@ class FakeGroups(ProcessGroups):
             self.reactor.callLater(0, process.exit, None, number)
         return True
 
+    def signal_process(self, pid: int, number: int) -> bool:
+        raise AssertionError("fake processes always have their group")
+
     def alive(self, pgid: int) -> bool:
         return self.reactor.process(pgid).running
 

@@ -18,7 +18,7 @@ from collections.abc import Generator
 from typing import Any
 
 import psutil
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
@@ -326,6 +326,20 @@ class StopTests(TestCase):
         for pid in [pgid, *grandchildren]:
             self.assertFalse(psutil.pid_exists(pid), f"{pid} still exists")
         self.assertEqual(zombie_children(), [])
+
+    @defer.inlineCallbacks
+    def test_a_stop_right_after_the_start_terminates_the_process(self) -> Generator[Any, Any, None]:
+        """Even while the launcher may not have made the process group yet."""
+        runtime = real_runtime(self)
+        config = script_config(self, "import time\ntime.sleep(600)\n", stop_grace_period=0, kill_timeout=600)
+        instance = runtime.create_instance("sleepy", config)
+        yield task.deferLater(reactor, 0, lambda: None)  # the reactor runs: spawning is immediate
+        started = self.assertFailure(runtime.start_instance(instance), InstanceStartFailed)
+        self.assertIsNotNone(instance.pid)
+        yield with_timeout(runtime.stop_instance(instance), STEP, "the stop")
+        yield started
+        self.assertEqual(instance.last_exit.signal, signal.SIGTERM)
+        self.assertEqual(instance.status, InstanceStatus.STOPPED)
 
     @defer.inlineCallbacks
     def test_stop_service_fires_only_when_every_child_is_gone(self) -> Generator[Any, Any, None]:

@@ -173,7 +173,11 @@ class InstanceProcessProtocol(ProcessProtocol):
             return False
         if number in (signal.SIGKILL, signal.SIGTERM):
             self.killed_by_us = True
-        return self.groups.signal(self.pid, number)
+        if self.groups.signal(self.pid, number):
+            return True
+        # No group yet: the launcher has not reached setsid.  The process
+        # itself is still our unreaped child, so its pid is safe to signal.
+        return self.running and self.groups.signal_process(self.pid, number)
 
 
 class Waiters:

@@ -15,7 +15,7 @@ Twisted's ``spawnProcess`` can do none of this, so a launcher does it:
 
   Five ``exec``\\ s of small C programs cost about 3 ms.
 * :class:`PythonLauncher` runs ``launcher.py`` in a second interpreter
-  (``python -I -S``), about 15 ms (``ctypes`` for ``prctl``).  It needs only
+  (``python -I -S``), about 20 ms (``ctypes`` for ``prctl``).  It needs only
   Python, for systems without those tools.
 
 Both leave the same process: the pid Twisted spawned, now the program.

@@ -337,7 +337,6 @@ class ProcessRuntime(Service):
                 )
             )
         state.tracker = RestartTracker(self.config.backoff)
-        state.cpu_sample = None
         instance.restart_count = 0
         ready: Deferred[TaskInstance] = Deferred()
         state.ready = ready
@@ -431,6 +430,7 @@ class ProcessRuntime(Service):
             raise
         state.process = process
         state.group_gone = Waiters()
+        state.cpu_sample = None
         instance.pid = transport.pid
         instance.started_at = self.reactor.seconds()
         instance.address = str(channel.address)

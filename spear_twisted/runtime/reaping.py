@@ -120,12 +120,21 @@ class ProcessGroups:
         return stop
 
     def signal(self, pgid: int, number: int) -> bool:
-        """Send ``number`` to process group ``pgid``; False if the group is gone."""
+        """Send ``number`` to process group ``pgid``; False if there is no such group."""
         try:
             os.killpg(pgid, number)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             return False
-        except PermissionError:
+        return True
+
+    def signal_process(self, pid: int, number: int) -> bool:
+        """
+        Send ``number`` to the single process ``pid``; False if it is gone.
+        Only for a child not yet reaped (so that its pid cannot have been reused).
+        """
+        try:
+            os.kill(pid, number)
+        except (ProcessLookupError, PermissionError):
             return False
         return True
 
