@@ -182,6 +182,21 @@ class AsyncioAgentTests(TestCase):
         return runtime, instance
 
     @defer.inlineCallbacks
+    def test_a_dropped_connection_is_reestablished(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start(json.dumps({"retry_delay": 0.05}))
+        yield with_timeout(execute(runtime, instance, command="plain"), STEP, "a response")
+        channel = runtime.factory.get_channel(instance.instance_id)
+        assert channel is not None and channel.connection is not None
+        unhealthy = when_status(runtime, instance, InstanceStatus.UNHEALTHY)
+        channel.connection.abort()
+        yield with_timeout(unhealthy, STEP, "the loss")
+        yield with_timeout(when_status(runtime, instance, InstanceStatus.READY), STEP, "the reconnection")
+        self.assertEqual(instance.history[-1].reason, "its agent reconnected")
+        response = yield with_timeout(execute(runtime, instance, command="plain"), STEP, "a response")
+        self.assertEqual(response.output, "plain")
+        self.assertEqual(instance.restart_count, 0)
+
+    @defer.inlineCallbacks
     def test_the_agent_exits_69_once_the_spearlet_is_gone_for_good(
         self,
     ) -> Generator[Deferred[Any], Any, None]:
