@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -402,7 +403,10 @@ class EnvironmentAndLogTests(TestCase):
         self.assertEqual(environment["SPEAR_SECRET"], "***")
         self.assertEqual(environment["SECRET"], "***")
         self.assertIn("the secret is ***", log.output_lines(instance, "stdout"))
-        # ...and never entered the spearlet's own environment.
+        # Nothing anywhere in the log is the secret...
+        for token in re.split(r"[\s\"',:;{}()\[\]=]+", log.text()):
+            self.assertFalse(runtime.secrets.validate(instance.instance_id, token))
+        # ...and it never entered the spearlet's own environment.
         for value in os.environ.values():
             self.assertFalse(runtime.secrets.validate(instance.instance_id, value))
         self.assertNotIn("SPEAR_SECRET", os.environ)
