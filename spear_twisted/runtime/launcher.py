@@ -1,24 +1,28 @@
 """
-The launcher every instance process starts in: ``python -I -S launcher.py SPEC``.
+The Python launcher of instance processes: ``python -I -S launcher.py SPEC``.
 
-It is a script, not a module of the package, and imports only the standard
-library, so it starts in a few milliseconds.  SPEC is JSON:
-``{"executable": path, "argv": [...], "rlimits": {"RLIMIT_AS": n, ...},
-"parent": pid}``.  It
+Used where the util-linux tools of the default launcher (``setpriv``,
+``prlimit``, ``setsid``) are missing.  It is a script run by path, not
+imported, and uses only the standard library.  SPEC is JSON:
+``{"argv": [program, arg, ...], "rlimits": {"RLIMIT_AS": n, ...},
+"parent": pid, "environment": [name, ...]}``.  It
 
-1. starts a new session (so the instance has its own process group, which the
-   spearlet signals as a whole);
-2. arms the parent-death signal (SIGKILL when the spearlet dies) and checks
-   that the spearlet is still its parent, closing the race with a spearlet
-   that died first;
-3. applies the resource limits;
-4. restores the signal dispositions Python changed (SIGPIPE, SIGXFSZ), which
-   would otherwise be inherited by the program;
-5. replaces itself with the program (its environment is the explicit one the
-   spearlet passed).
+1. starts a new session, so the instance leads its own process group, which
+   the spearlet signals as a whole;
+2. arms the parent-death signal (SIGKILL when the spearlet's thread that
+   spawned it dies), then checks that the spearlet is still its parent,
+   closing the race with a spearlet that died first;
+3. sets the resource limits (soft and hard);
+4. restores the signal dispositions this interpreter changed (SIGPIPE and
+   SIGXFSZ are ignored by Python, and ignored signals survive ``exec``);
+5. replaces itself with the program, with the environment the spearlet
+   passed: only the variables ``environment`` names (this interpreter may
+   have added some, such as ``LC_CTYPE`` when it coerces a C locale).
 
-Failures before the exec exit with status 127 and say why on stderr.
+A failure before the ``exec`` exits with status 127 and says why on stderr.
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -26,10 +30,15 @@ import resource
 import signal
 import sys
 
+# Not ``typing.TYPE_CHECKING``: importing typing would slow every instance's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 PR_SET_PDEATHSIG = 1
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"spear launcher: {message}\n")
     sys.stderr.flush()
     os._exit(127)
@@ -48,14 +57,11 @@ def _arm_parent_death_signal(parent: int) -> None:
         _fail("the spearlet exited before the instance started")
 
 
-def _apply_limits(rlimits: dict) -> None:
+def _apply_limits(rlimits: dict[str, int]) -> None:
     for name, value in rlimits.items():
         which = getattr(resource, name, None)
         if which is None:
             _fail(f"unknown resource limit {name}")
-        _soft, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY and value > hard:
-            value = hard  # cannot raise above the hard limit without privilege
         try:
             resource.setrlimit(which, (value, value))
         except (ValueError, OSError) as e:
@@ -65,19 +71,23 @@ def _apply_limits(rlimits: dict) -> None:
 def main() -> None:
     try:
         spec = json.loads(sys.argv[1])
-        executable = spec["executable"]
-        argv = spec["argv"]
+        argv = [str(item) for item in spec["argv"]]
+        parent = int(spec["parent"])
+        rlimits = dict(spec.get("rlimits", {}))
+        names = {str(name) for name in spec.get("environment", ())}
     except (IndexError, ValueError, KeyError, TypeError) as e:
         _fail(f"bad launch specification: {e}")
+    if not argv:
+        _fail("bad launch specification: empty argv")
     os.setsid()
-    _arm_parent_death_signal(int(spec["parent"]))
-    _apply_limits(spec.get("rlimits", {}))
+    _arm_parent_death_signal(parent)
+    _apply_limits(rlimits)
     for number in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(number, signal.SIG_DFL)
     try:
-        os.execv(executable, argv)
+        os.execve(argv[0], argv, {name: value for name, value in os.environ.items() if name in names})
     except OSError as e:
-        _fail(f"cannot execute {executable}: {e.strerror}")
+        _fail(f"cannot execute {argv[0]}: {e.strerror}")
 
 
 if __name__ == "__main__":

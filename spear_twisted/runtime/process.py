@@ -1,52 +1,66 @@
 """
-:class:`ProcessRuntime`: instances as child processes, supervised.
+:class:`ProcessRuntime`: instances as supervised child processes.
 
-Each instance gets a fresh secret (registered with the ConnectionManager's
-:class:`~spear_twisted.auth.SecretRegistry`), a channel with its own address
-from the CommunicationFactory, and an explicit environment (nothing of the
-spearlet's own but the whitelisted variables).  It starts through the
-launcher (new session, parent-death signal, resource limits, exec), is Ready
-once its agent authenticates, and is stopped politely then firmly: a
-``Terminate`` signal, a grace period, SIGTERM to its process group, a kill
-timeout, SIGKILL to the group.
+For each instance the runtime
 
-A process's death is noticed when it exits (a pidfd in the reactor, or a
-periodic reap where pidfds are missing), not when its pipes close, and
-whether or not the reactor installed a SIGCHLD handler: an embedding
-application that runs the reactor without signal handlers, or a daemonised
-twistd, still sees its instances exit.
+* checks the program before anything else (a clear error, nothing left
+  half-made);
+* makes the instance's channel with the CommunicationFactory (its own Unix
+  socket or TCP port) and issues it a fresh secret in the SecretRegistry;
+* spawns it, once the reactor runs, through a launcher (its own session and
+  process group, parent-death signal, resource limits) with an environment
+  built from nothing: the whitelisted variables of the spearlet's, the
+  task's, then PROTOCOL.md section 7's.  The secret never enters the
+  spearlet's own environment;
+* logs its stdout and stderr line by line with its ``instance_id``;
+* calls it Ready once its agent has authenticated on the channel, or kills
+  it and calls it Error when that does not happen within the startup
+  timeout;
+* stops it politely then firmly: a ``Terminate`` signal, a grace period,
+  SIGTERM to its process group, a kill timeout, SIGKILL to the group;
+* restarts it after its process ends, by its restart policy, with
+  exponential backoff, and gives up on a crash loop (Error);
+* reports its resource use through psutil.
+
+The runtime needs only a CommunicationFactory and a SecretRegistry; a
+ConnectionManager provides both (:meth:`ProcessRuntime.from_connection_manager`).
 """
 
 from __future__ import annotations
 
-import errno
-import itertools
-import json
 import os
-import shutil
 import signal
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import attrs
 import psutil
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from spear_twisted.auth import SecretRegistry
 from spear_twisted.channels.channel import Channel
-from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
-from spear_twisted.connections.manager import ConnectionManager
-from spear_twisted.errors import InstanceStartFailed
+from spear_twisted.channels.factory import CommunicationFactory
+from spear_twisted.errors import InstanceStartFailed, ShuttingDown
+from spear_twisted.runtime.child import OUTPUT_DRAIN_TIMEOUT, InstanceProcessProtocol, Waiters
+from spear_twisted.runtime.environment import (
+    InvalidInstanceConfig,
+    build_environment,
+    check_working_dir,
+    inherited_environment,
+    protocol_environment,
+    resolve_executable,
+)
+from spear_twisted.runtime.events import RuntimeEvent, RuntimeEventKind
 from spear_twisted.runtime.interfaces import IRuntime
+from spear_twisted.runtime.launch import LAUNCHERS, Launcher, effective_limits, select_launcher
 from spear_twisted.runtime.model import (
+    SERVING,
     ExitInfo,
     InstanceConfig,
     InstanceHealth,
@@ -54,193 +68,99 @@ from spear_twisted.runtime.model import (
     InstanceStatus,
     ResourceLimits,
     RestartPolicy,
-    StatusChange,
     TaskInstance,
+    positive,
 )
-from spear_twisted.runtime.output import LINE_LIMIT, LineSplitter
-from spear_twisted.runtime.supervision import BackoffPolicy, RestartTracker, describe_exit
+from spear_twisted.runtime.output import LINE_LIMIT
+from spear_twisted.runtime.reaping import ProcessGroups, become_subreaper, wait_group_gone
+from spear_twisted.runtime.supervision import BackoffPolicy, RestartTracker
+from spear_twisted.settings import setting
 from spear_twisted.wire import RuntimeInstanceId, RuntimeType, SignalMessage, SignalType, SpearMessage
 
-LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
-
-#: Statuses in which an instance can take work.
-SERVING = frozenset({InstanceStatus.READY, InstanceStatus.RUNNING, InstanceStatus.BUSY})
-
-#: A subscriber of status changes.
-StatusSubscriber = Callable[[TaskInstance, StatusChange], None]
+#: A subscriber of runtime events.
+EventSubscriber = Callable[[RuntimeEvent], None]
 
 
-class InvalidInstanceConfig(ValueError):
-    """The instance cannot be created as configured; the message says why."""
+def _launcher_name(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in LAUNCHERS:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(LAUNCHERS)}, not {value!r}")
 
 
 @attrs.frozen
 class ProcessRuntimeConfig:
-    """Settings of the process runtime."""
+    """Settings of a :class:`ProcessRuntime`."""
 
-    backoff: BackoffPolicy = attrs.field(factory=BackoffPolicy)
-    output_line_limit: int = LINE_LIMIT
-    #: The interpreter that runs the launcher.
-    launcher_python: str = sys.executable
-    #: Seconds between reaps where no pidfd can watch a process.
-    reap_interval: float = 1.0
-    #: Seconds to wait for a process after SIGKILL before giving up on it.
-    kill_wait: float = 10.0
+    __spear_settings__ = True
 
-
-def resolve_executable(executable: str, path: str | None) -> str:
-    """
-    The absolute path of ``executable``, which must exist and be executable.
-
-    :raises InvalidInstanceConfig: saying what is wrong.
-    """
-    if not executable:
-        raise InvalidInstanceConfig("executable is empty")
-    if os.sep in executable:
-        candidate: str | None = os.path.abspath(executable)
-    else:
-        candidate = shutil.which(executable, path=path)
-        if candidate is None:
-            raise InvalidInstanceConfig(f"executable {executable!r} not found on PATH {path!r}")
-    assert candidate is not None
-    if not os.path.exists(candidate):
-        raise InvalidInstanceConfig(f"executable {candidate} does not exist")
-    if not os.path.isfile(candidate):
-        raise InvalidInstanceConfig(f"executable {candidate} is not a file")
-    if not os.access(candidate, os.X_OK):
-        raise InvalidInstanceConfig(f"executable {candidate} is not executable")
-    return candidate
-
-
-def build_environment(
-    config: InstanceConfig,
-    parent: Mapping[str, str],
-    protocol: Mapping[str, str],
-) -> dict[str, str]:
-    """
-    An instance's whole environment: the whitelisted parent variables, then
-    the task's, then the protocol's (PROTOCOL.md section 7), which win.
-    """
-    environment = {name: parent[name] for name in config.inherit_env if name in parent}
-    environment.update(config.env)
-    environment.update(protocol)
-    return environment
+    backoff: BackoffPolicy = setting(
+        attrs.Factory(BackoffPolicy), doc="Restart delays and crash-loop detection."
+    )
+    launcher: str = setting(
+        "auto",
+        doc=(
+            'How processes are started: ``"util-linux"`` (setpriv, prlimit, setsid), ``"python"`` (a '
+            'second interpreter), or ``"auto"`` (util-linux when its tools are found).'
+        ),
+        validator=_launcher_name,
+    )
+    output_line_limit: int = setting(
+        LINE_LIMIT,
+        doc="Longest output line logged whole, in bytes; longer ones are cut.",
+        validator=positive,
+    )
+    output_drain_timeout: float = setting(
+        OUTPUT_DRAIN_TIMEOUT,
+        doc="Seconds after a process exits to wait for its last output before reporting the exit.",
+        validator=positive,
+    )
+    kill_wait: float = setting(
+        10.0,
+        doc="Seconds to wait for a process group to vanish after SIGKILL before logging that it survived.",
+        validator=positive,
+    )
+    reap_orphans: bool = setting(
+        False,
+        doc=(
+            "Make the spearlet the reaper of its instances' orphans (``PR_SET_CHILD_SUBREAPER``), so that "
+            "killed grandchildren never linger as zombies where init does not reap them (a container "
+            "whose PID 1 is not an init).  Orphans of other children of the process come to it as well."
+        ),
+    )
 
 
-@implementer(IReadDescriptor)
-class _ExitWatcher:
-    """Reaps one child as soon as it exits, through a pidfd in the reactor."""
+@attrs.define(eq=False)
+class _State:
+    """The runtime's bookkeeping of one instance."""
 
-    def __init__(self, reactor: Any, process: Any, pidfd: int) -> None:
-        self.reactor = reactor
-        self.process = process
-        self.pidfd = pidfd
-
-    def fileno(self) -> int:
-        return self.pidfd
-
-    def doRead(self) -> None:
-        self.stop()
-        self.process.reapProcess()
-
-    def stop(self) -> None:
-        if self.pidfd >= 0:
-            self.reactor.removeReader(self)
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.stop()
-
-    def logPrefix(self) -> str:
-        return "ExitWatcher"
-
-
-class InstanceProcessProtocol(ProcessProtocol):
-    """One instance process: output into the log, exit to the runtime."""
-
-    log = Logger()
-
-    def __init__(self, runtime: ProcessRuntime, instance: TaskInstance, secret: str) -> None:
-        self.runtime = runtime
-        self.instance = instance
-        self.exited: Deferred[ExitInfo] = Deferred()
-        self.exit_info: ExitInfo | None = None
-        self.killed_by_us = False
-        self.pgid: int | None = None
-        limit = runtime.config.output_line_limit
-        # The secret is kept only to mask it, should the program print it.
-        self.stdout = LineSplitter(self._emitter("stdout"), limit=limit, redact=(secret,))
-        self.stderr = LineSplitter(self._emitter("stderr"), limit=limit, redact=(secret,))
-        self._watcher: _ExitWatcher | None = None
-
-    def _emitter(self, stream: str) -> Callable[[str], None]:
-        instance_id = str(self.instance.instance_id)
-
-        def emit(line: str) -> None:
-            self.log.info(
-                "[{instance_id}] {stream}: {line}", instance_id=instance_id, stream=stream, line=line
-            )
-
-        return emit
-
-    def connectionMade(self) -> None:
-        pid = self.transport.pid
-        self.pgid = pid  # the launcher makes the instance a session (and group) leader
-        self.transport.closeStdin()
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            return  # gone already, or no pidfds: the runtime's periodic reap covers it
-        self._watcher = _ExitWatcher(self.runtime.reactor, self.transport, pidfd)
-        self.runtime.reactor.addReader(self._watcher)
-
-    def outReceived(self, data: bytes) -> None:
-        self.stdout.feed(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr.feed(data)
-
-    def processExited(self, reason: Failure) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        value = reason.value
-        self.stdout.flush()
-        self.stderr.flush()
-        self.exit_info = describe_exit(
-            getattr(value, "exitCode", None),
-            getattr(value, "signal", None),
-            limits=self.instance.limits,
-            stderr_tail=self.stderr.tail,
-            killed_by_us=self.killed_by_us,
-        )
-        # Anything the instance left in its group dies with it: no orphans.
-        self.signal_group(signal.SIGKILL)
-        self.exited.callback(self.exit_info)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.stdout.flush()
-        self.stderr.flush()
-
-    def signal_group(self, number: int) -> bool:
-        """Send ``number`` to the instance's process group; False if it is gone."""
-        if self.pgid is None:
-            return False
-        if number in (signal.SIGKILL, signal.SIGTERM):
-            self.killed_by_us = True
-        try:
-            os.killpg(self.pgid, number)
-        except OSError as e:
-            if e.errno in (errno.ESRCH, errno.EPERM):
-                return False
-            raise
-        return True
+    instance: TaskInstance
+    tracker: RestartTracker
+    process: InstanceProcessProtocol | None = None
+    ready: Deferred[TaskInstance] | None = None
+    startup_timer: IDelayedCall | None = None
+    restart_timer: IDelayedCall | None = None
+    connection_waiter: Deferred[Any] | None = None
+    # The connection of the previous process, until it is seen lost.
+    stale_connection: Any = None
+    stopping: Waiters | None = None
+    # Bumped by every start, restart and stop: a launch still in flight
+    # whose generation is no longer current gives up.
+    generation: int = 0
+    group_gone: Waiters = attrs.field(factory=Waiters)
+    # For cpu_percent: (time, CPU seconds) of the previous get_metrics.
+    cpu_sample: tuple[float, float] | None = None
 
 
 @implementer(IRuntime)
 class ProcessRuntime(Service):
-    """See the module docstring."""
+    """
+    See the module docstring.
+
+    :param factory: makes each instance's channel.
+    :param secrets: holds each instance's secret; the validator of the
+        factory's channels must consult it.
+    :param parent_environment: the spearlet's environment the whitelist
+        reads (``os.environ`` by default).
+    """
 
     name = "process-runtime"
     runtime_type = RuntimeType.PROCESS
@@ -248,61 +168,98 @@ class ProcessRuntime(Service):
 
     def __init__(
         self,
-        connection_manager: ConnectionManager,
+        factory: CommunicationFactory,
+        secrets: SecretRegistry,
         *,
-        secrets: SecretRegistry | None = None,
         reactor: Any = None,
         config: ProcessRuntimeConfig | None = None,
         parent_environment: Mapping[str, str] | None = None,
+        groups: ProcessGroups | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        if secrets is None:
-            if not isinstance(connection_manager.validator, SecretRegistry):
-                raise TypeError("pass the SecretRegistry the connection manager validates with")
-            secrets = connection_manager.validator
         self.reactor = reactor
-        self.connections = connection_manager
+        self.factory = factory
         self.secrets = secrets
         self.config = config or ProcessRuntimeConfig()
-        self.parent_environment = os.environ if parent_environment is None else parent_environment
-        self.instances: dict[RuntimeInstanceId, TaskInstance] = {}
-        self._processes: dict[RuntimeInstanceId, InstanceProcessProtocol] = {}
-        self._trackers: dict[RuntimeInstanceId, RestartTracker] = {}
-        self._restart_timers: dict[RuntimeInstanceId, IDelayedCall] = {}
-        self._ready_waiters: dict[RuntimeInstanceId, Deferred[TaskInstance]] = {}
-        self._subscribers: list[StatusSubscriber] = []
-        self._serial = itertools.count(1)
-        self._reaper: task.LoopingCall | None = None
-        self._unsubscribe = connection_manager.subscribe(self._connection_event)
+        self.parent_environment: Mapping[str, str] = (
+            os.environ if parent_environment is None else parent_environment
+        )
+        self.groups = groups or ProcessGroups()
+        self.launcher: Launcher = select_launcher(
+            self.config.launcher, path=self.parent_environment.get("PATH")
+        )
+        self._states: dict[RuntimeInstanceId, _State] = {}
+        self._subscribers: list[EventSubscriber] = []
+        self._shutting_down = False
+        self._subreaper: bool | None = None
 
-    # -- status -------------------------------------------------------------------------------
+    @classmethod
+    def from_connection_manager(cls, manager: Any, **kwargs: Any) -> ProcessRuntime:
+        """
+        A runtime whose channels and secrets are ``manager``'s (a
+        ConnectionManager: its ``factory``, and its ``validator``, which must
+        be a SecretRegistry).
+        """
+        registry = manager.validator
+        if not isinstance(registry, SecretRegistry):
+            raise TypeError(
+                f"the connection manager validates with {type(registry).__name__}; the process runtime "
+                "needs a SecretRegistry to issue instance secrets"
+            )
+        return cls(manager.factory, registry, reactor=kwargs.pop("reactor", manager.reactor), **kwargs)
 
-    def subscribe(self, subscriber: StatusSubscriber) -> Callable[[], None]:
-        """Call ``subscriber(instance, change)`` on every status change; returns an unsubscriber."""
+    # -- events -------------------------------------------------------------------------------------
+
+    def subscribe(self, subscriber: EventSubscriber) -> Callable[[], None]:
+        """Call ``subscriber(event)`` with every :class:`RuntimeEvent`; returns an unsubscriber."""
         self._subscribers.append(subscriber)
-        return lambda: self._subscribers.remove(subscriber) if subscriber in self._subscribers else None
 
-    def _set_status(self, instance: TaskInstance, status: InstanceStatus, reason: str | None = None) -> None:
-        if instance.status is status and instance.history:
-            return
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def _emit(self, instance: TaskInstance, kind: RuntimeEventKind, **fields: Any) -> None:
+        event = RuntimeEvent(kind, instance.instance_id, self.reactor.seconds(), instance.status, **fields)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                self.log.failure("Runtime event subscriber failed on {kind}", kind=kind.value)
+
+    def _set_status(self, state: _State, status: InstanceStatus, reason: str | None = None) -> None:
+        instance = state.instance
         instance.set_status(status, self.reactor.seconds(), reason)
-        change = instance.history[-1]
         self.log.info(
             "Instance {instance_id} is {status}{because}",
             instance_id=str(instance.instance_id),
             status=status.value,
+            reason=reason,
             because=f": {reason}" if reason else "",
         )
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber(instance, change)
-            except Exception:
-                self.log.failure("Instance status subscriber failed")
+        self._emit(instance, RuntimeEventKind.STATUS_CHANGED, reason=reason)
 
-    # -- IRuntime -------------------------------------------------------------------------------
+    # -- instances ------------------------------------------------------------------------------------
+
+    @property
+    def instances(self) -> dict[RuntimeInstanceId, TaskInstance]:
+        """Every instance of this runtime, by id (a copy)."""
+        return {instance_id: state.instance for instance_id, state in self._states.items()}
+
+    def get_instance(self, instance_id: RuntimeInstanceId) -> TaskInstance | None:
+        """The instance called ``instance_id``, if this runtime has it."""
+        state = self._states.get(instance_id)
+        return None if state is None else state.instance
+
+    def _state(self, instance: TaskInstance) -> _State:
+        state = self._states.get(instance.instance_id)
+        if state is None or state.instance is not instance:
+            raise ValueError(f"instance {instance.instance_id} does not belong to this runtime")
+        return state
 
     def create_instance(
         self,
@@ -311,348 +268,526 @@ class ProcessRuntime(Service):
         resource_limits: ResourceLimits | None = None,
     ) -> TaskInstance:
         """
-        A new instance of ``task_id``, not started.  The executable and the
-        working directory are checked now, before anything is allocated.
+        A new instance of ``task_id``, not started (Creating).  The program
+        and the working directory are checked now, before anything is
+        allocated.
 
-        :raises InvalidInstanceConfig: saying what is wrong.
+        :raises InvalidInstanceConfig: saying what is wrong; nothing is kept.
         """
-        path = build_environment(instance_config, self.parent_environment, {}).get("PATH", os.defpath)
+        if (
+            not isinstance(task_id, str)
+            or not task_id
+            or not task_id.isprintable()
+            or task_id != task_id.strip()
+        ):
+            raise InvalidInstanceConfig(f"task id must be a non-empty printable string, not {task_id!r}")
+        path = inherited_environment(instance_config, self.parent_environment).get("PATH")
         executable = resolve_executable(instance_config.executable, path)
-        working_dir = instance_config.working_dir
-        if working_dir is not None and not os.path.isdir(working_dir):
-            raise InvalidInstanceConfig(f"working directory {working_dir} does not exist")
-        config = attrs.evolve(instance_config, executable=executable)
-        instance_id = RuntimeInstanceId(RuntimeType.PROCESS, f"{task_id}-{next(self._serial)}")
+        working_dir = check_working_dir(instance_config.working_dir)
+        config = attrs.evolve(instance_config, executable=executable, working_dir=working_dir)
+        try:
+            instance_id = RuntimeInstanceId.generate(RuntimeType.PROCESS, prefix=task_id[:64])
+        except ValueError as e:
+            raise InvalidInstanceConfig(f"task id {task_id!r} cannot name an instance: {e}") from None
         instance = TaskInstance(
             instance_id, task_id, config, resource_limits or ResourceLimits(), self.reactor.seconds()
         )
-        self.instances[instance_id] = instance
-        self._set_status(instance, InstanceStatus.CREATING)
+        state = _State(instance, RestartTracker(self.config.backoff))
+        self._states[instance_id] = state
+        self._set_status(state, InstanceStatus.CREATING)
         return instance
 
-    @defer.inlineCallbacks
-    def start_instance(self, instance: TaskInstance) -> Any:
+    def remove_instance(self, instance: TaskInstance) -> None:
         """
-        Spawn ``instance``; fires with it once its agent has authenticated.
+        Forget ``instance``, which must not be running (Creating, Stopped or
+        Error).
 
-        :raises InstanceStartFailed: the process could not start, exited, or
-            did not authenticate within the startup timeout (the instance is
-            then in Error with that reason).
+        :raises ValueError: when it is running or stopping.
         """
+        state = self._state(instance)
         if instance.status not in (InstanceStatus.CREATING, InstanceStatus.STOPPED, InstanceStatus.ERROR):
-            raise ValueError(f"instance {instance.instance_id} is {instance.status.value}; cannot start it")
-        self._trackers[instance.instance_id] = RestartTracker(self.config.backoff)
-        result = yield self._launch(instance)
-        return result
+            raise ValueError(f"instance {instance.instance_id} is {instance.status.value}; stop it first")
+        if state.process is not None and state.process.running:
+            raise ValueError(f"instance {instance.instance_id} still has a running process")
+        del self._states[instance.instance_id]
+
+    # -- starting ------------------------------------------------------------------------------------
+
+    def start_instance(self, instance: TaskInstance) -> Deferred[TaskInstance]:
+        """
+        Spawn ``instance`` (Creating, Stopped or Error); fires with it once
+        its agent has authenticated (Ready).
+
+        :return: a Deferred failing with ``InstanceStartFailed`` when the
+            process cannot start, ends, or does not authenticate within the
+            startup timeout; the instance is then in Error with that reason.
+        """
+        try:
+            state = self._state(instance)
+        except ValueError as e:
+            return defer.fail(e)
+        if self._shutting_down:
+            return defer.fail(
+                ShuttingDown("the process runtime is stopping", instance_id=instance.instance_id)
+            )
+        if instance.status not in (InstanceStatus.CREATING, InstanceStatus.STOPPED, InstanceStatus.ERROR):
+            return defer.fail(
+                ValueError(
+                    f"instance {instance.instance_id} is {instance.status.value}; it cannot be started"
+                )
+            )
+        state.tracker = RestartTracker(self.config.backoff)
+        instance.restart_count = 0
+        ready: Deferred[TaskInstance] = Deferred()
+        state.ready = ready
+        self._set_status(state, InstanceStatus.STARTING)
+        self._launch(state)
+        return ready
 
     @defer.inlineCallbacks
-    def _launch(self, instance: TaskInstance) -> Any:
-        instance_id = instance.instance_id
-        if instance.status is not InstanceStatus.STARTING:
-            self._set_status(instance, InstanceStatus.STARTING)
+    def _launch(self, state: _State) -> Generator[Deferred[Any], Any, None]:
+        instance = state.instance
+        state.generation += 1
+        generation = state.generation
         try:
             channel = yield self._channel_for(instance)
+            # Children are spawned only once the reactor runs (its SIGCHLD
+            # handling, if any, is in place then).
             yield self._when_running()
-            if instance.status is not InstanceStatus.STARTING:
-                raise InstanceStartFailed(f"start abandoned: instance is {instance.status.value}")
-            process = self._spawn(instance, channel)
-        except InstanceStartFailed as e:
-            self._set_status(instance, InstanceStatus.ERROR, e.message)
-            raise
         except Exception as e:
-            reason = f"could not start: {e}"
-            self._set_status(instance, InstanceStatus.ERROR, reason)
-            raise InstanceStartFailed(reason, instance_id=instance_id) from e
-        ready: Deferred[TaskInstance] = Deferred()
-        self._ready_waiters[instance_id] = ready
-        timeout = self.reactor.callLater(
-            instance.config.startup_timeout, self._startup_timed_out, instance, process
-        )
-        process.exited.addCallback(self._exited, instance, process)
+            if state.generation == generation:
+                yield self._fail_start(state, f"could not make its channel: {e}")
+            return
+        if state.generation != generation:
+            # Stopped meanwhile: the stop may have closed the channel before
+            # this one was made.
+            if instance.status in (InstanceStatus.STOPPED, InstanceStatus.ERROR):
+                yield self.factory.remove_channel(instance.instance_id)
+            return
         try:
-            result = yield ready
-        finally:
-            if timeout.active():
-                timeout.cancel()
-        return result
+            process = self._spawn(state, channel)
+        except Exception as e:
+            self.log.failure("Spawning {instance_id} failed", instance_id=str(instance.instance_id))
+            yield self._fail_start(state, f"could not spawn its process: {e}")
+            return
+        state.startup_timer = self.reactor.callLater(
+            instance.config.startup_timeout, self._startup_timed_out, state, process
+        )
+        self._await_connection(state, process, channel)
 
     def _channel_for(self, instance: TaskInstance) -> Deferred[Channel]:
-        factory = self.connections.factory
-        channel = factory.get_channel(instance.instance_id)
-        if channel is not None and not channel.closed and channel.ports:
-            return defer.succeed(channel)
-        config = self.connections.channel_config
+        config = self.factory.config
         if instance.config.transports is not None:
             config = attrs.evolve(config, transports=instance.config.transports)
-        return factory.get_or_create_channel(instance.instance_id, config)
+        return self.factory.get_or_create_channel(instance.instance_id, config)
 
     def _when_running(self) -> Deferred[None]:
-        # Children are only spawned once the reactor runs: its SIGCHLD
-        # handling (when it has any) is installed then.
         if getattr(self.reactor, "running", True):
             return defer.succeed(None)
         started: Deferred[None] = Deferred()
         self.reactor.callWhenRunning(started.callback, None)
         return started
 
-    def _spawn(self, instance: TaskInstance, channel: Channel) -> InstanceProcessProtocol:
-        assert channel.address is not None
-        secret = self.secrets.issue(instance.instance_id)
-        protocol_env = {
-            "SPEAR_INSTANCE_ID": str(instance.instance_id),
-            "SPEAR_SECRET": secret,
-            "SECRET": secret,
-            **channel.address.environment(),
-        }
-        environment = build_environment(instance.config, self.parent_environment, protocol_env)
+    def _spawn(self, state: _State, channel: Channel) -> InstanceProcessProtocol:
+        instance = state.instance
         config = instance.config
-        spec = {
-            "executable": config.executable,
-            "argv": [config.executable, *config.args],
-            "rlimits": instance.limits.as_rlimits(),
-            "parent": os.getpid(),
-        }
-        launcher = self.config.launcher_python
-        process = InstanceProcessProtocol(self, instance, secret)
-        transport = self.reactor.spawnProcess(
-            process,
-            launcher,
-            [launcher, "-I", "-S", LAUNCHER, json.dumps(spec)],
-            env=environment,
-            path=config.working_dir,
+        if channel.address is None:
+            raise RuntimeError(f"channel of {instance.instance_id} has no address")
+        if self.config.reap_orphans and self._subreaper is None:
+            self._subreaper = become_subreaper()
+            if not self._subreaper:
+                self.log.warn("Could not become the reaper of orphaned instance processes")
+        rlimits, notes = effective_limits(instance.limits.as_rlimits())
+        for note in notes:
+            self.log.warn("Instance {instance_id}: {note}", instance_id=str(instance.instance_id), note=note)
+        secret = self.secrets.issue(instance.instance_id)
+        environment = build_environment(
+            config,
+            self.parent_environment,
+            protocol_environment(instance.instance_id, secret, channel.address.environment()),
         )
+        command = self.launcher.command(
+            config.executable, config.args, rlimits, os.getpid(), environment=environment.keys()
+        )
+        process = InstanceProcessProtocol(
+            instance,
+            reactor=self.reactor,
+            groups=self.groups,
+            secret=secret,
+            on_exit=lambda process, info: self._exited(state, process, info),
+            line_limit=self.config.output_line_limit,
+            drain_timeout=self.config.output_drain_timeout,
+        )
+        state.stale_connection = channel.connection
+        try:
+            # An explicit environment, always: with env=None Twisted would
+            # pass on the spearlet's whole environment.
+            transport = self.reactor.spawnProcess(
+                process, command.executable, list(command.argv), env=environment, path=config.working_dir
+            )
+        except Exception:
+            self.secrets.revoke(instance.instance_id)
+            raise
+        state.process = process
+        state.group_gone = Waiters()
+        state.cpu_sample = None
         instance.pid = transport.pid
         instance.started_at = self.reactor.seconds()
         instance.address = str(channel.address)
-        self._processes[instance.instance_id] = process
-        self._ensure_reaper()
         self.log.info(
-            "Spawned instance {instance_id} (pid {pid}): {executable}",
+            "Spawned instance {instance_id} (pid {pid}, {launcher} launcher): {executable} on {address}",
             instance_id=str(instance.instance_id),
             pid=transport.pid,
+            launcher=self.launcher.name,
             executable=config.executable,
+            address=instance.address,
         )
+        self._emit(instance, RuntimeEventKind.SPAWNED, pid=transport.pid)
         return process
 
-    def _ensure_reaper(self) -> None:
-        # Covers processes no pidfd watches (old kernels) and a reactor
-        # running without its SIGCHLD handler.
-        if self._reaper is None:
-            from twisted.internet.process import reapAllProcesses
+    def _fail_start(self, state: _State, reason: str) -> Deferred[None]:
+        """The (first) start failed: resources released, Error with ``reason``, the starter told."""
+        released = self._release(state)
+        self._set_status(state, InstanceStatus.ERROR, reason)
+        self._fail_ready(state, reason)
+        return released
 
-            self._reaper = task.LoopingCall(reapAllProcesses)
-            self._reaper.clock = self.reactor
-            self._reaper.start(self.config.reap_interval, now=False)
+    def _fail_ready(self, state: _State, reason: str) -> None:
+        ready, state.ready = state.ready, None
+        if ready is not None and not ready.called:
+            ready.errback(InstanceStartFailed(reason, instance_id=state.instance.instance_id))
 
-    # -- readiness ------------------------------------------------------------------------------
+    # -- readiness ----------------------------------------------------------------------------------
 
-    def _connection_event(self, event: ConnectionEvent) -> None:
-        instance_id = event.instance_id
-        if instance_id is None or instance_id not in self.instances:
-            return
-        instance = self.instances[instance_id]
-        if event.kind is ConnectionEventKind.AUTHENTICATED:
-            if instance.status in (InstanceStatus.STARTING, InstanceStatus.UNHEALTHY):
-                instance.ready_at = self.reactor.seconds()
-                self._set_status(instance, InstanceStatus.READY)
-                waiter = self._ready_waiters.pop(instance_id, None)
-                if waiter is not None:
-                    waiter.callback(instance)
-        elif event.kind is ConnectionEventKind.DISCONNECTED:
-            process = self._processes.get(instance_id)
-            alive = process is not None and process.exit_info is None
-            if alive and instance.status in SERVING:
-                self._set_status(instance, InstanceStatus.UNHEALTHY, "its agent disconnected")
-
-    def _startup_timed_out(self, instance: TaskInstance, process: InstanceProcessProtocol) -> None:
-        waiter = self._ready_waiters.pop(instance.instance_id, None)
-        if waiter is None:
-            return
-        reason = f"did not authenticate within {instance.config.startup_timeout:g} s"
-        self._set_status(instance, InstanceStatus.ERROR, reason)
-        process.signal_group(signal.SIGKILL)
-        waiter.errback(InstanceStartFailed(reason, instance_id=instance.instance_id))
-
-    # -- exits and restarts --------------------------------------------------------------------------
-
-    def _exited(self, info: ExitInfo, instance: TaskInstance, process: InstanceProcessProtocol) -> ExitInfo:
-        instance_id = instance.instance_id
-        if self._processes.get(instance_id) is process:
-            del self._processes[instance_id]
-        lived = instance.uptime(self.reactor.seconds())
-        instance.pid = None
-        instance.last_exit = info
-        self.log.info(
-            "Instance {instance_id} {reason} after {lived:.1f} s",
-            instance_id=str(instance_id),
-            reason=info.reason,
-            lived=lived,
+    def _await_connection(self, state: _State, process: InstanceProcessProtocol, channel: Channel) -> None:
+        waiter = channel.when_connected()
+        state.connection_waiter = waiter
+        waiter.addCallbacks(
+            lambda _: self._connected(state, process, channel),
+            lambda failure: None,  # the channel closed, or we stopped waiting
         )
-        waiter = self._ready_waiters.pop(instance_id, None)
-        if instance.status is InstanceStatus.STOPPING:
-            return info
-        if waiter is not None:
-            reason = f"{info.reason} before authenticating"
-            auth_error = self._last_auth_error(instance_id)
-            if auth_error:
-                reason += f" ({auth_error})"
-            if instance.restart_count and self._schedule_restart(instance, lived, reason):
-                # A restart attempt that failed: keep trying under the backoff.
-                waiter.errback(InstanceStartFailed(reason, instance_id=instance_id))
-                return info
-            self._set_status(instance, InstanceStatus.ERROR, reason)
-            waiter.errback(InstanceStartFailed(reason, instance_id=instance_id))
-            return info
-        if instance.status is InstanceStatus.ERROR:
-            return info
-        policy = instance.config.restart_policy
-        if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and info.clean):
-            status = InstanceStatus.STOPPED if info.clean else InstanceStatus.ERROR
-            self._set_status(instance, status, None if info.clean else info.reason)
-            self._release(instance)
-            return info
-        self._schedule_restart(instance, lived, info.reason)
-        return info
 
-    def _schedule_restart(self, instance: TaskInstance, lived: float, reason: str) -> bool:
-        """Arrange the next restart; False (and Error) in a crash loop."""
-        tracker = self._trackers.setdefault(instance.instance_id, RestartTracker(self.config.backoff))
-        delay = tracker.next_delay(self.reactor.seconds(), lived)
-        if delay is None:
-            backoff = self.config.backoff
-            self._set_status(
-                instance,
-                InstanceStatus.ERROR,
-                f"crash loop: {backoff.crash_loop_restarts} restarts within {backoff.crash_loop_window:g} s;"
-                f" last: {reason}",
-            )
-            self._release(instance)
-            return False
-        self._set_status(instance, InstanceStatus.STARTING, f"restarting in {delay:g} s after: {reason}")
-        self._restart_timers[instance.instance_id] = self.reactor.callLater(delay, self._restart, instance)
-        return True
-
-    def _restart(self, instance: TaskInstance) -> None:
-        self._restart_timers.pop(instance.instance_id, None)
-        if instance.status is not InstanceStatus.STARTING:
+    def _connected(self, state: _State, process: InstanceProcessProtocol, channel: Channel) -> None:
+        state.connection_waiter = None
+        if state.process is not process or not process.running:
             return
-        instance.restart_count += 1
-        self._launch(instance).addErrback(lambda failure: failure.trap(InstanceStartFailed))
+        connection = channel.connection
+        if connection is None:
+            self._await_connection(state, process, channel)
+            return
+        if connection is state.stale_connection:
+            # The previous process's connection, not yet seen lost.
+            connection.when_lost().addCallback(lambda _: self._await_connection(state, process, channel))
+            return
+        state.stale_connection = connection
+        instance = state.instance
+        if state.startup_timer is not None and state.startup_timer.active():
+            state.startup_timer.cancel()
+        state.startup_timer = None
+        if instance.status in (InstanceStatus.STARTING, InstanceStatus.UNHEALTHY):
+            was = instance.status
+            instance.ready_at = self.reactor.seconds()
+            self._set_status(
+                state,
+                InstanceStatus.READY,
+                "its agent authenticated" if was is InstanceStatus.STARTING else "its agent reconnected",
+            )
+        ready, state.ready = state.ready, None
+        if ready is not None and not ready.called:
+            ready.callback(instance)
+        connection.when_lost().addCallback(lambda _: self._disconnected(state, process, channel))
 
-    def _last_auth_error(self, instance_id: RuntimeInstanceId) -> str | None:
-        channel = self.connections.factory.get_channel(instance_id)
+    def _disconnected(self, state: _State, process: InstanceProcessProtocol, channel: Channel) -> None:
+        if state.process is not process or not process.running or channel.closed:
+            return
+        if state.instance.status in SERVING:
+            self._set_status(state, InstanceStatus.UNHEALTHY, "its agent disconnected")
+        self._await_connection(state, process, channel)
+
+    def _startup_timed_out(self, state: _State, process: InstanceProcessProtocol) -> None:
+        state.startup_timer = None
+        instance = state.instance
+        if (
+            state.process is not process
+            or not process.running
+            or instance.status is not InstanceStatus.STARTING
+        ):
+            return
+        reason = f"its agent did not authenticate within {instance.config.startup_timeout:g} s"
+        refused = self._last_connection_error(instance)
+        if refused:
+            reason += f" (last connection attempt: {refused})"
+        self.log.warn(
+            "Instance {instance_id}: {reason}; killing it",
+            instance_id=str(instance.instance_id),
+            reason=reason,
+        )
+        self._emit(instance, RuntimeEventKind.STARTUP_TIMEOUT, reason=reason, pid=process.pid)
+        process.signal_group(signal.SIGKILL)
+        self._set_status(state, InstanceStatus.ERROR, reason)
+        self._fail_ready(state, reason)
+
+    def _last_connection_error(self, instance: TaskInstance) -> str | None:
+        channel = self.factory.get_channel(instance.instance_id)
         return None if channel is None else channel.last_connection_error
 
-    def _release(self, instance: TaskInstance) -> None:
-        """Forget the instance's secret (its channel stays for a restart or a stop)."""
-        self.secrets.revoke(instance.instance_id)
+    # -- exits and restarts ------------------------------------------------------------------------
 
-    # -- stopping ---------------------------------------------------------------------------------------
+    def _exited(self, state: _State, process: InstanceProcessProtocol, info: ExitInfo) -> None:
+        instance = state.instance
+        now = self.reactor.seconds()
+        lived = instance.uptime(now)
+        if state.process is process:
+            self._cancel_timers(state, restart=False)
+        instance.pid = None
+        instance.last_exit = info
+        # Its secret dies with it; a restart gets a fresh one.
+        self.secrets.revoke(instance.instance_id)
+        self.log.info(
+            "Instance {instance_id} (pid {pid}) {reason} after {lived:.1f} s",
+            instance_id=str(instance.instance_id),
+            pid=process.pid,
+            reason=info.reason,
+            exit_code=info.exit_code,
+            signal=info.signal,
+            lived=lived,
+        )
+        self._emit(instance, RuntimeEventKind.EXITED, reason=info.reason, pid=process.pid, exit=info)
+        assert process.pid is not None
+        gone = state.group_gone
+        wait_group_gone(self.reactor, self.groups, process.pid, self.config.kill_wait).addCallback(
+            self._group_settled, instance, process.pid, gone
+        )
+        status = instance.status
+        if status is InstanceStatus.STOPPING:
+            return
+        if status is InstanceStatus.ERROR:
+            self._release(state)
+            return
+        if state.ready is not None:
+            reason = f"{info.reason}, before its agent authenticated"
+            refused = self._last_connection_error(instance)
+            if refused:
+                reason += f" (last connection attempt: {refused})"
+            self._fail_start(state, reason)
+            return
+        policy = instance.config.restart_policy
+        if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and info.clean):
+            self._release(state)
+            if info.clean:
+                self._set_status(state, InstanceStatus.STOPPED, info.reason)
+            else:
+                self._set_status(state, InstanceStatus.ERROR, info.reason)
+            return
+        self._schedule_restart(state, lived, info.reason)
+
+    def _group_settled(self, gone: bool, instance: TaskInstance, pgid: int, waiters: Waiters) -> None:
+        if not gone:
+            self.log.error(
+                "Process group {pgid} of instance {instance_id} survived SIGKILL for {seconds:g} s",
+                pgid=pgid,
+                instance_id=str(instance.instance_id),
+                seconds=self.config.kill_wait,
+            )
+        waiters.fire()
+
+    def _schedule_restart(self, state: _State, lived: float, reason: str) -> None:
+        instance = state.instance
+        delay = state.tracker.next_delay(self.reactor.seconds(), lived)
+        if delay is None:
+            backoff = self.config.backoff
+            loop = (
+                f"crash loop: {backoff.crash_loop_restarts} restarts within {backoff.crash_loop_window:g} s;"
+                f" last: {reason}"
+            )
+            self.log.error(
+                "Instance {instance_id}: {reason}", instance_id=str(instance.instance_id), reason=loop
+            )
+            self._release(state)
+            self._set_status(state, InstanceStatus.ERROR, loop)
+            self._emit(instance, RuntimeEventKind.CRASH_LOOP, reason=loop)
+            return
+        self._set_status(state, InstanceStatus.STARTING, f"restarting in {delay:g} s after: {reason}")
+        self._emit(instance, RuntimeEventKind.RESTART_SCHEDULED, reason=reason, delay=delay)
+        state.restart_timer = self.reactor.callLater(delay, self._restart, state)
+
+    def _restart(self, state: _State) -> None:
+        state.restart_timer = None
+        if state.instance.status is not InstanceStatus.STARTING or self._shutting_down:
+            return
+        state.instance.restart_count += 1
+        self._launch(state)
+
+    def _cancel_timers(self, state: _State, restart: bool = True) -> None:
+        timers = [state.startup_timer, state.restart_timer] if restart else [state.startup_timer]
+        for timer in timers:
+            if timer is not None and timer.active():
+                timer.cancel()
+        state.startup_timer = None
+        if restart:
+            state.restart_timer = None
+        waiter, state.connection_waiter = state.connection_waiter, None
+        if waiter is not None and not waiter.called:
+            waiter.cancel()
+
+    def _release(self, state: _State) -> Deferred[None]:
+        """Forget the instance's secret and close its channel (no process is running)."""
+        instance_id = state.instance.instance_id
+        self.secrets.revoke(instance_id)
+        self._cancel_timers(state)
+        return self.factory.remove_channel(instance_id)
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def stop_instance(self, instance: TaskInstance) -> Deferred[TaskInstance]:
+        """
+        Stop ``instance``: a ``Terminate`` signal, the grace period, SIGTERM
+        to its process group, the kill timeout, SIGKILL to the group.  Fires
+        with the instance (Stopped) once its process group is gone and its
+        channel closed.
+        """
+        try:
+            state = self._state(instance)
+        except ValueError as e:
+            return defer.fail(e)
+        stopping = state.stopping
+        if stopping is None:
+            if instance.status is InstanceStatus.STOPPED and (
+                state.process is None or not state.process.running
+            ):
+                return defer.succeed(instance)
+            stopping = state.stopping = Waiters()
+            self._stop(state).addBoth(self._stopped, state, stopping)
+        return stopping.wait().addCallback(lambda _: instance)
+
+    def _stopped(self, result: Any, state: _State, waiters: Waiters) -> None:
+        if isinstance(result, Failure):
+            self.log.failure(
+                "Stopping instance {instance_id} failed", result, instance_id=str(state.instance.instance_id)
+            )
+        state.stopping = None
+        waiters.fire()
 
     @defer.inlineCallbacks
-    def stop_instance(self, instance: TaskInstance) -> Any:
-        """
-        Stop ``instance``: ``Terminate``, grace period, SIGTERM to its group,
-        kill timeout, SIGKILL to its group.  Fires once the process is gone
-        and the instance's channel is closed.
-        """
-        instance_id = instance.instance_id
-        timer = self._restart_timers.pop(instance_id, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-        if instance.status is InstanceStatus.STOPPED:
-            return instance
-        self._set_status(instance, InstanceStatus.STOPPING)
-        waiter = self._ready_waiters.pop(instance_id, None)
-        if waiter is not None:
-            waiter.errback(InstanceStartFailed("stopped before it was ready", instance_id=instance_id))
-        process = self._processes.get(instance_id)
-        if process is not None and process.exit_info is None:
-            yield self._terminate(instance, process)
-        self._release(instance)
-        yield self.connections.factory.remove_channel(instance_id)
-        self._set_status(instance, InstanceStatus.STOPPED)
+    def _stop(self, state: _State) -> Generator[Deferred[Any], Any, TaskInstance]:
+        instance = state.instance
+        state.generation += 1
+        self._cancel_timers(state)
+        self._set_status(state, InstanceStatus.STOPPING)
+        self._fail_ready(state, "stopped before its agent authenticated")
+        process = state.process
+        if process is not None:
+            if process.running:
+                yield self._terminate(instance, process)
+            yield process.when_reported()
+            yield process.when_ended()
+            yield state.group_gone.wait()
+        yield self._release(state)
+        self._set_status(state, InstanceStatus.STOPPED)
         return instance
 
     @defer.inlineCallbacks
-    def _terminate(self, instance: TaskInstance, process: InstanceProcessProtocol) -> Any:
+    def _terminate(
+        self, instance: TaskInstance, process: InstanceProcessProtocol
+    ) -> Generator[Deferred[Any], Any, None]:
         config = instance.config
-        channel = self.connections.factory.get_channel(instance.instance_id)
+        instance_id = str(instance.instance_id)
+        channel = self.factory.get_channel(instance.instance_id)
         if channel is not None and channel.is_connected():
             terminate = SpearMessage.signal(0, SignalMessage(SignalType.TERMINATE, instance.task_id))
             channel.send(terminate).addErrback(lambda _: None)
-        if (yield self._wait_exit(process, config.stop_grace_period)):
+            if (yield self._wait_exit(process, config.stop_grace_period)):
+                return
+        if not process.running:
             return
-        self.log.info(
-            "Instance {instance_id}: SIGTERM to its process group", instance_id=str(instance.instance_id)
-        )
+        self.log.info("Instance {instance_id}: SIGTERM to its process group", instance_id=instance_id)
         process.signal_group(signal.SIGTERM)
         if (yield self._wait_exit(process, config.kill_timeout)):
             return
-        self.log.warn(
-            "Instance {instance_id}: SIGKILL to its process group", instance_id=str(instance.instance_id)
-        )
+        self.log.warn("Instance {instance_id}: SIGKILL to its process group", instance_id=instance_id)
         process.signal_group(signal.SIGKILL)
         if not (yield self._wait_exit(process, self.config.kill_wait)):
             self.log.error(
-                "Instance {instance_id} (pid {pid}) survived SIGKILL for {seconds} s",
-                instance_id=str(instance.instance_id),
-                pid=process.pgid,
+                "Instance {instance_id} (pid {pid}) survived SIGKILL for {seconds:g} s",
+                instance_id=instance_id,
+                pid=process.pid,
                 seconds=self.config.kill_wait,
             )
 
     def _wait_exit(self, process: InstanceProcessProtocol, seconds: float) -> Deferred[bool]:
         """Fires True once ``process`` has exited, False if ``seconds`` pass first."""
-        if process.exit_info is not None:
+        if not process.running:
             return defer.succeed(True)
+        if seconds <= 0:
+            return defer.succeed(False)
         outcome: Deferred[bool] = Deferred()
+        exited = process.when_exited()
 
-        def exited(info: ExitInfo) -> ExitInfo:
-            if not outcome.called:
+        def on_exit(_: object) -> None:
+            if timer.active():
                 timer.cancel()
-                outcome.callback(True)
-            return info
+            outcome.callback(True)
 
         def timed_out() -> None:
-            if not outcome.called:
-                outcome.callback(False)
+            exited.cancel()
+            outcome.callback(False)
 
         timer = self.reactor.callLater(seconds, timed_out)
-        process.exited.addCallback(exited)
+        exited.addCallbacks(on_exit, lambda failure: failure.trap(defer.CancelledError) and None)
         return outcome
 
+    def startService(self) -> None:
+        self._shutting_down = False
+        service: Any = super()
+        service.startService()
+
     def stopService(self) -> Deferred[None]:
-        """Stop every instance; fires only when every child process is gone."""
-        super().stopService()
-        stops = [self.stop_instance(instance) for instance in list(self.instances.values())]
-        done = defer.DeferredList(stops, consumeErrors=True)
+        """
+        Stop every instance; fires only when every child process (and its
+        process group) is gone.
+        """
+        service: Any = super()
+        service.stopService()
+        self._shutting_down = True
+        stops = [self.stop_instance(state.instance) for state in list(self._states.values())]
+        return defer.DeferredList(stops, consumeErrors=True).addCallback(lambda _: None)
 
-        def finished(_: object) -> None:
-            if self._reaper is not None and self._reaper.running:
-                self._reaper.stop()
-            self._reaper = None
-            self._unsubscribe()
+    # -- observation --------------------------------------------------------------------------------
 
-        return done.addCallback(finished)
+    def set_serving_status(
+        self, instance: TaskInstance, status: InstanceStatus, reason: str | None = None
+    ) -> None:
+        """
+        Move a serving instance between Ready, Running and Busy (for its
+        scheduler: idle, executing, at capacity).
 
-    # -- observation -------------------------------------------------------------------------------------
+        :raises ValueError: when ``status`` is not one of those, or the
+            instance is not serving.
+        """
+        state = self._state(instance)
+        if status not in SERVING:
+            raise ValueError(f"{status.value} is not a serving status (Ready, Running, Busy)")
+        if instance.status not in SERVING:
+            raise ValueError(f"instance {instance.instance_id} is {instance.status.value}, not serving")
+        if instance.status is not status:
+            self._set_status(state, status, reason)
 
     def health_check(self, instance: TaskInstance) -> InstanceHealth:
-        """Whether ``instance`` can take work: serving, process alive, channel connected."""
+        """Whether ``instance`` can take work: serving, its process alive, its agent connected."""
+        state = self._state(instance)
         if instance.status not in SERVING:
-            return InstanceHealth(
-                False, instance.status, instance.error or f"instance is {instance.status.value}"
-            )
-        process = self._processes.get(instance.instance_id)
-        if process is None or process.exit_info is not None:
+            last = instance.history[-1].reason if instance.history else None
+            return InstanceHealth(False, instance.status, last or f"instance is {instance.status.value}")
+        if state.process is None or not state.process.running:
             return InstanceHealth(False, instance.status, "its process is not running")
-        channel = self.connections.factory.get_channel(instance.instance_id)
+        channel = self.factory.get_channel(instance.instance_id)
         if channel is None or not channel.is_connected():
             return InstanceHealth(False, instance.status, "its agent is not connected")
         return InstanceHealth(True, instance.status)
 
     def get_metrics(self, instance: TaskInstance) -> InstanceMetrics:
         """CPU, RSS, open descriptors and threads of the instance's process and its descendants."""
+        state = self._state(instance)
         pid = instance.pid
         if pid is None:
             return InstanceMetrics(None)
@@ -661,7 +796,9 @@ class ProcessRuntime(Service):
             members = [root, *root.children(recursive=True)]
         except psutil.Error:
             return InstanceMetrics(pid)
-        cpu = rss = fds = threads = 0.0
+        cpu = 0.0
+        rss = fds = threads = 0
+        counted = 0
         for member in members:
             try:
                 with member.oneshot():
@@ -670,17 +807,20 @@ class ProcessRuntime(Service):
                     rss += member.memory_info().rss
                     fds += member.num_fds()
                     threads += member.num_threads()
+                counted += 1
             except psutil.Error:
                 continue
-        lived = max(instance.uptime(self.reactor.seconds()), 1e-9)
+        now = self.reactor.seconds()
+        since, before = state.cpu_sample or (instance.started_at or now, 0.0)
+        state.cpu_sample = (now, cpu)
+        elapsed = now - since
+        percent = round(100.0 * max(0.0, cpu - before) / elapsed, 2) if elapsed > 0 else None
         return InstanceMetrics(
             pid,
-            cpu_percent=round(100.0 * cpu / lived, 2),
-            rss_bytes=int(rss),
-            open_fds=int(fds),
-            threads=int(threads),
-            children=len(members) - 1,
+            cpu_percent=percent,
+            cpu_seconds=round(cpu, 3),
+            rss_bytes=rss,
+            open_fds=fds,
+            threads=threads,
+            processes=counted,
         )
-
-    def get_instance(self, instance_id: RuntimeInstanceId) -> TaskInstance | None:
-        return self.instances.get(instance_id)

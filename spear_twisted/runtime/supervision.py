@@ -1,4 +1,4 @@
-"""Restart backoff, crash-loop detection and exit descriptions."""
+"""Restart backoff, crash-loop detection, and exits described in words."""
 
 from __future__ import annotations
 
@@ -8,39 +8,59 @@ from collections.abc import Iterable
 
 import attrs
 
-from spear_twisted.runtime.model import ExitInfo, ResourceLimits
+from spear_twisted.runtime.model import ExitInfo, ResourceLimits, non_negative, positive
 from spear_twisted.settings import setting
 
+# What a program that ran out of memory (its address-space limit) tends to print.
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 
 
 @attrs.frozen
 class BackoffPolicy:
     """
-    When a dead instance is restarted.
+    When an instance whose process died is restarted, and when to give up.
 
-    An instance that dies young waits ``min_delay``, then twice as long after
-    each further young death, up to ``max_delay``; one that lived at least
-    ``stable_after`` seconds restarts at once and the delay starts over.
-    ``crash_loop_restarts`` restarts within ``crash_loop_window`` seconds is a
-    crash loop: restarting stops.
+    A process that dies young waits ``min_delay`` seconds before its
+    restart, then twice as long after each further young death, up to
+    ``max_delay``; one that lived at least ``stable_after`` seconds restarts
+    at once and the delay starts over.  A death after ``crash_loop_restarts``
+    restarts within the last ``crash_loop_window`` seconds is a crash loop:
+    the instance is not restarted and goes to Error.
     """
 
     __spear_settings__ = True
 
-    min_delay: float = setting(1.0, doc="Seconds before restarting an instance that died young.")
-    max_delay: float = setting(60.0, doc="Longest wait between restarts; the delay doubles up to it.")
+    min_delay: float = setting(
+        1.0, doc="Seconds before restarting a process that died young (default 1).", validator=non_negative
+    )
+    max_delay: float = setting(
+        60.0,
+        doc="Longest wait between restarts; the delay doubles up to it (default 60).",
+        validator=positive,
+    )
     stable_after: float = setting(
-        60.0, doc="Seconds an instance must live for its next death to restart at once and reset the delay."
+        60.0,
+        doc="Seconds a process must live for its death to restart at once and reset the delay (default 60).",
+        validator=non_negative,
     )
     crash_loop_restarts: int = setting(
-        5, doc="Restarts within ``crash_loop_window`` that make a crash loop: the instance goes to Error."
+        5,
+        doc="Restarts within ``crash_loop_window`` after which the next death is a crash loop (default 5).",
+        validator=positive,
     )
-    crash_loop_window: float = setting(60.0, doc="Seconds over which restarts are counted.")
+    crash_loop_window: float = setting(
+        300.0, doc="Seconds over which restarts are counted (default 300).", validator=positive
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_delay < self.min_delay:
+            raise ValueError(
+                f"max_delay ({self.max_delay:g}) must not be below min_delay ({self.min_delay:g})"
+            )
 
 
 class RestartTracker:
-    """The restart history of one instance under a :class:`BackoffPolicy`."""
+    """The restarts of one instance under a :class:`BackoffPolicy`."""
 
     def __init__(self, policy: BackoffPolicy) -> None:
         self.policy = policy
@@ -48,9 +68,13 @@ class RestartTracker:
         self._restarts: deque[float] = deque()
 
     def next_delay(self, now: float, lived: float) -> float | None:
-        """Seconds to wait before restarting, or ``None`` in a crash loop."""
+        """
+        Seconds to wait before restarting a process that died at ``now``
+        after living ``lived`` seconds, or ``None`` in a crash loop.  A
+        returned delay counts as a restart.
+        """
         policy = self.policy
-        while self._restarts and now - self._restarts[0] > policy.crash_loop_window:
+        while self._restarts and now - self._restarts[0] >= policy.crash_loop_window:
             self._restarts.popleft()
         if len(self._restarts) >= policy.crash_loop_restarts:
             return None
@@ -59,12 +83,21 @@ class RestartTracker:
             self._delay = policy.min_delay
             return 0.0
         delay = self._delay
-        self._delay = min(self._delay * 2, policy.max_delay)
+        self._delay = min(max(self._delay * 2, policy.min_delay), policy.max_delay)
         return delay
 
     @property
     def recent_restarts(self) -> int:
+        """Restarts counted in the current window."""
         return len(self._restarts)
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 77`` for a number with no name."""
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def describe_exit(
@@ -72,21 +105,21 @@ def describe_exit(
     signal: int | None,
     *,
     limits: ResourceLimits,
-    stderr_tail: Iterable[str] = (),
+    output_tail: Iterable[str] = (),
     killed_by_us: bool = False,
 ) -> ExitInfo:
     """How a process ended, in words an operator can act on."""
-    tail = list(stderr_tail)
+    tail = [line for line in output_tail if line.strip()]
     if signal is not None:
-        try:
-            name = signals.Signals(signal).name
-        except ValueError:
-            name = f"signal {signal}"
-        reason = f"killed by {name}"
+        reason = f"killed by {signal_name(signal)}"
         if signal == signals.SIGXCPU and limits.max_cpu_seconds is not None:
             reason += f" (CPU time limit of {limits.max_cpu_seconds} s exceeded)"
         elif signal == signals.SIGKILL and not killed_by_us:
-            reason += " (not sent by the spearlet: perhaps the kernel's out-of-memory killer)"
+            if limits.max_cpu_seconds is not None:
+                limit = limits.max_cpu_seconds
+                reason += f" (not sent by the spearlet: the CPU time limit of {limit} s, or the kernel)"
+            else:
+                reason += " (not sent by the spearlet: perhaps the kernel's out-of-memory killer)"
     else:
         reason = f"exited with code {exit_code}"
     if exit_code not in (0, None) or signal is not None:

@@ -1,0 +1,628 @@
+"""
+The agent, whatever its event loop: :class:`Agent` and :class:`AgentConnection`.
+
+An :class:`AgentConnection` is the agent's end of one connection.  It drives
+the sans-IO wire layer directly: a ``FrameDecoder`` for the bytes, a
+``Session`` with ``Role.AGENT`` for what each message means and when to send
+heartbeats; a framework adapter (``spear_twisted.agent.tx`` for Twisted,
+``spear_twisted.agent.aio`` for asyncio) feeds it bytes and gives it a
+transport.  The :class:`Agent` outlives connections: it hands each
+``ExecuteRequest`` to the author's handler, turns the outcome into an
+``ExecuteResponse``, passes signals on, reconnects with backoff, and
+decides when and how the agent ends.
+
+Futures are txaio's, so this module works unchanged under either framework;
+txaio's framework must be chosen before it is imported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import txaio as _txaio
+
+from spear_twisted.agent.config import (
+    EXIT_AUTH_REFUSED,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    EXIT_UNREACHABLE,
+    AgentConfig,
+)
+from spear_twisted.agent.handler import TaskFailed
+from spear_twisted.errors import AuthenticationError, DecodeError, ErrorCode, ShuttingDown, SpearError
+from spear_twisted.wire import (
+    AuthRequest,
+    AuthSucceeded,
+    ConnectionStatus,
+    ExecuteRequest,
+    ExecuteResponse,
+    ExecutionStatus,
+    FrameDecoder,
+    HeartbeatMessage,
+    MessageReceived,
+    MessageType,
+    PeerClosing,
+    Role,
+    SendHeartbeat,
+    Session,
+    SessionConfig,
+    SessionEvent,
+    SessionState,
+    SignalMessage,
+    SignalType,
+    SpearMessage,
+    TimedOut,
+    Timestamp,
+    Violation,
+)
+from spear_twisted.wire.session import AuthFailed
+
+# txaio's functions are bound when its framework is chosen: untyped.
+txaio: Any = _txaio
+
+#: A handler: an ``ExecuteRequest`` in; a str, bytes, ``None`` or an
+#: ``ExecuteResponse`` out, directly, through a Deferred/future, or as a coroutine.
+Handler = Callable[[ExecuteRequest], Any]
+
+#: A signal hook: called with each ``SignalMessage`` other than Terminate.
+SignalHook = Callable[[SignalMessage], Any]
+
+_I32 = (-(2**31), 2**31 - 1)
+
+# Refusals before authentication that may pass on a later attempt.
+_RETRYABLE = frozenset(
+    {
+        ErrorCode.ALREADY_CONNECTED,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.TOO_MANY_PENDING_AUTH,
+        ErrorCode.AUTHENTICATION_TIMEOUT,
+        ErrorCode.SERVER_BUSY,
+        ErrorCode.SHUTTING_DOWN,
+    }
+)
+
+
+class Clock(Protocol):
+    """The agent's time: the adapter's event loop."""
+
+    def seconds(self) -> float: ...
+
+    def call_later(self, delay: float, function: Callable[..., Any], *args: Any) -> Any:
+        """Call ``function(*args)`` in ``delay`` seconds; returns a handle with ``cancel()``."""
+
+
+class Transport(Protocol):
+    """What an :class:`AgentConnection` needs of its framework's transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None:
+        """Flush, then close."""
+
+    def abort(self) -> None:
+        """Close at once."""
+
+
+def response_for(request: ExecuteRequest, result: Any, duration_ms: int) -> ExecuteResponse:
+    """
+    The ``ExecuteResponse`` for a handler's ``result``: a str (or UTF-8
+    bytes) is the output, ``None`` no output, both Completed with exit code
+    0; an ``ExecuteResponse`` is sent as it is (its duration filled in when
+    missing).
+
+    :raises TypeError: for any other result.
+    """
+    if isinstance(result, ExecuteResponse):
+        if result.duration_ms is None:
+            return ExecuteResponse(
+                result.task_id,
+                result.status,
+                result.output,
+                result.error,
+                result.exit_code,
+                duration_ms,
+                result.resource_usage,
+            )
+        return result
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        result = bytes(result).decode("utf-8", "replace")
+    if result is not None and not isinstance(result, str):
+        raise TypeError(
+            f"the handler returned {type(result).__name__}; expected str, bytes, None or an ExecuteResponse"
+        )
+    return ExecuteResponse(request.task_id, ExecutionStatus.COMPLETED, result, None, 0, duration_ms)
+
+
+def failure_response(request: ExecuteRequest, error: BaseException, duration_ms: int) -> ExecuteResponse:
+    """The ``ExecuteResponse`` for a handler that raised ``error``."""
+    if isinstance(error, TaskFailed):
+        low, high = _I32
+        code = error.exit_code if isinstance(error.exit_code, int) and low <= error.exit_code <= high else 1
+        return ExecuteResponse(
+            request.task_id, ExecutionStatus.FAILED, error.output, error.message, code, duration_ms
+        )
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return ExecuteResponse(request.task_id, ExecutionStatus.FAILED, None, text, 1, duration_ms)
+
+
+class AgentConnection:
+    """
+    The agent's end of one connection; see the module docstring.
+
+    ``preauthenticated`` is the ``AuthRequest`` frame already sent on this
+    connection (by :mod:`spear_twisted.agent.bootstrap`); without it the
+    connection sends one when it is made.
+    """
+
+    def __init__(self, agent: Agent, *, preauthenticated: bytes | None = None) -> None:
+        self.agent = agent
+        self.preauthenticated = preauthenticated
+        self.session: Session | None = None
+        self.transport: Transport | None = None
+        self.closed = False
+        #: Why the handshake failed, if it did.
+        self.auth_error: SpearError | None = None
+        #: Whether the handshake succeeded (the connection may be gone since).
+        self.was_authenticated = False
+        self._decoder = FrameDecoder(agent.config.max_message_size)
+        self._timer: Any = None
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the spearlet accepted this connection and it is still up."""
+        return not self.closed and self.session is not None and self.session.authenticated
+
+    # -- driven by the adapter -----------------------------------------------------------
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        clock = self.agent.clock
+        now = clock.seconds()
+        self.session = Session(Role.AGENT, self.agent.session_config, now=now)
+        if self.preauthenticated is not None:
+            # The bootstrap sent it: let the session know, checking it on the way.
+            self.session.sent(SpearMessage.deserialize(self.preauthenticated[4:]), now)
+        else:
+            self.send(SpearMessage.auth_request(0, self.agent.credentials))
+        self._schedule()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        session = self.session
+        assert session is not None
+        for body in self._decoder.feed(data):
+            if self.closed or session.state is SessionState.CLOSED:
+                return
+            now = self.agent.clock.seconds()
+            try:
+                message = SpearMessage.deserialize(body)
+            except DecodeError as e:
+                self._fail(e)
+                return
+            if session.accept_application(message, now):
+                self.agent.message_received(self, message)
+                continue
+            for event in session.receive(message, now):
+                self._handle(event)
+        if self._decoder.error is not None:
+            self._fail(self._decoder.error)
+        self._schedule()
+
+    def connection_lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        orderly = self.session is not None and self.session.state is SessionState.CLOSING
+        if self.session is not None:
+            self.session.closed()
+        self.agent.connection_lost(self, None if orderly else reason)
+
+    # -- sending and closing ----------------------------------------------------------------
+
+    def send(self, message: SpearMessage) -> bool:
+        """Send ``message``; False if the connection is gone."""
+        if self.closed or self.transport is None:
+            return False
+        self.transport.write(message.to_frame())
+        assert self.session is not None
+        self.session.sent(message, self.agent.clock.seconds())
+        return True
+
+    def close(self, reason: str | None = None) -> None:
+        """Orderly close: ``ConnectionClose``, then flush and disconnect."""
+        if self.closed or self.transport is None:
+            return
+        assert self.session is not None
+        if self.session.state in (SessionState.AWAITING_AUTH, SessionState.ACTIVE):
+            self.send(SpearMessage.connection_close(0, reason))
+            self.session.begin_close(reason)
+        self.transport.close()
+
+    def _fail(self, error: SpearError) -> None:
+        """Tell the spearlet why with an ``Error``, then close."""
+        self.agent.log.warn("Protocol error from the spearlet: {error}", error=str(error))
+        if not self.was_authenticated and self.auth_error is None:
+            self.auth_error = error
+        self.send(SpearMessage.from_error(error))
+        if self.session is not None:
+            self.session.begin_close(str(error))
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- the session's verdicts -----------------------------------------------------------------
+
+    def _handle(self, event: SessionEvent) -> None:
+        if isinstance(event, MessageReceived):
+            self.agent.message_received(self, event.message)
+        elif isinstance(event, AuthSucceeded):
+            self.was_authenticated = True
+            self.agent.authenticated(self, event.response.session_id)
+        elif isinstance(event, AuthFailed):
+            self.auth_error = event.error
+            if self.transport is not None:
+                self.transport.close()
+        elif isinstance(event, PeerClosing):
+            if self.transport is not None:
+                self.transport.close()
+        elif isinstance(event, SendHeartbeat):
+            status = ConnectionStatus.BUSY if self.agent.busy else ConnectionStatus.ACTIVE
+            self.send(SpearMessage.heartbeat(0, HeartbeatMessage(Timestamp.now(), event.sequence, status)))
+        elif isinstance(event, Violation):
+            if event.close:
+                self._fail(event.error)
+            else:
+                self.agent.log.warn("Protocol error from the spearlet: {error}", error=str(event.error))
+                self.send(SpearMessage.from_error(event.error))
+        elif isinstance(event, TimedOut):
+            self.agent.log.warn("{error}; closing the connection", error=str(event.error))
+            self.send(SpearMessage.from_error(event.error))
+            if self.transport is not None:
+                self.transport.close()
+        # HeartbeatReceived: the session has noted it; nothing else to do.
+
+    def _schedule(self) -> None:
+        """Keep one timer at the session's next deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.closed or self.session is None:
+            return
+        deadline = self.session.next_deadline()
+        if deadline is not None:
+            clock = self.agent.clock
+            self._timer = clock.call_later(max(0.0, deadline - clock.seconds()), self._deadline)
+
+    def _deadline(self) -> None:
+        self._timer = None
+        if self.closed or self.session is None:
+            return
+        for event in self.session.poll(self.agent.clock.seconds()):
+            self._handle(event)
+        self._schedule()
+
+
+class Agent:
+    """
+    One agent: its handler, its connection to the spearlet, its end.
+
+    :param connect: the adapter's dialler: called with a fresh
+        :class:`AgentConnection`, returns a future that fires once the
+        transport is connected (the connection then authenticates itself),
+        or fails.
+    :param clock: the adapter's event loop time.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: AgentConfig,
+        *,
+        connect: Callable[[AgentConnection], Any],
+        clock: Clock,
+        on_signal: SignalHook | None = None,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.on_signal = on_signal
+        self.clock = clock
+        self._connect = connect
+        self.log = txaio.make_logger()
+        self.credentials = AuthRequest(
+            config.instance_id, config.secret, config.client_version, config.client_type, config.extra_params
+        )
+        self.session_config = SessionConfig(
+            auth_timeout=config.connect_timeout,
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+            max_message_size=config.max_message_size,
+            max_preauth_message_size=config.max_message_size,
+        )
+        self._finish_waiters: list[Any] = []
+        self.connection: AgentConnection | None = None
+        #: Connections that authenticated so far.
+        self.connections = 0
+        self._attempts = 0
+        self._retry: Any = None
+        self._terminating = False
+        self._exit_status: int | None = None
+        self._running: set[Any] = set()
+
+    def when_finished(self) -> Any:
+        """A new future (a Deferred under Twisted) resolved with the exit status once the agent is done."""
+        future = txaio.create_future()
+        if self._exit_status is not None:
+            txaio.resolve(future, self._exit_status)
+        else:
+            self._finish_waiters.append(future)
+        return future
+
+    @property
+    def exit_status(self) -> int | None:
+        """The exit status, once the agent is done."""
+        return self._exit_status
+
+    @property
+    def attempts(self) -> int:
+        """Failed connection attempts since the last authentication."""
+        return self._attempts
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is being handled."""
+        return bool(self._running)
+
+    @property
+    def terminating(self) -> bool:
+        """Whether the agent is on its way out."""
+        return self._terminating
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def start(self, preauthenticated: bytes | None = None) -> AgentConnection | None:
+        """
+        Begin: with ``preauthenticated`` the adapter has a connection on which
+        that ``AuthRequest`` frame was sent, and connects the returned
+        :class:`AgentConnection` to it; without, the agent dials.
+        """
+        if preauthenticated is not None:
+            self.connection = AgentConnection(self, preauthenticated=preauthenticated)
+            return self.connection
+        self._dial()
+        return None
+
+    def _dial(self) -> None:
+        self._retry = None
+        if self._terminating:
+            return
+        connection = AgentConnection(self)
+        self.connection = connection
+        connecting = txaio.as_future(self._connect, connection)
+        txaio.add_callbacks(
+            connecting, None, lambda failure: self._connect_failed(connection, txaio.failure_message(failure))
+        )
+
+    def _connect_failed(self, connection: AgentConnection, reason: str) -> None:
+        if connection is self.connection:
+            self.connection = None
+        self._retry_later(f"cannot connect to the spearlet at {self.config.address}: {reason}")
+
+    def _retry_later(self, why: str) -> None:
+        if self._terminating:
+            self._finish(EXIT_OK)
+            return
+        self._attempts += 1
+        if self._attempts > self.config.max_retries:
+            self.log.error("{why}; giving up after {attempts} attempts", why=why, attempts=self._attempts)
+            self._finish(EXIT_UNREACHABLE)
+            return
+        delay = self.config.retry_delay_for(self._attempts)
+        self.log.warn("{why}; retrying in {delay} s", why=why, delay=f"{delay:g}")
+        self._retry = self.clock.call_later(delay, self._dial)
+
+    def authenticated(self, connection: AgentConnection, session_id: str | None) -> None:
+        """``connection``'s handshake succeeded."""
+        self._attempts = 0
+        self.connections += 1
+        self.log.info(
+            "Authenticated as {instance_id} at {address}",
+            instance_id=self.config.instance_id,
+            address=self.config.address,
+        )
+
+    def connection_lost(self, connection: AgentConnection, reason: str | None) -> None:
+        """``connection`` ended; ``reason`` is ``None`` for an orderly close."""
+        if connection is not self.connection:
+            return
+        self.connection = None
+        if self._terminating:
+            self._finish(EXIT_OK)
+            return
+        error = connection.auth_error
+        if error is not None and error.code not in _RETRYABLE:
+            if isinstance(error, AuthenticationError):
+                self.log.error("The spearlet refused this agent: {error}", error=str(error))
+                self._finish(EXIT_AUTH_REFUSED)
+            else:
+                self.log.error("The spearlet broke the protocol: {error}", error=str(error))
+                self._finish(EXIT_PROTOCOL)
+            return
+        if connection.was_authenticated:
+            self._attempts = 0
+        self._retry_later(f"connection to the spearlet lost ({reason or 'closed by the spearlet'})")
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def message_received(self, connection: AgentConnection, message: SpearMessage) -> None:
+        kind = message.message_type
+        if kind is MessageType.EXECUTE_REQUEST:
+            self._execute(connection, message)
+        elif kind is MessageType.SIGNAL:
+            self._signal(connection, message)
+        elif kind is MessageType.ERROR:
+            try:
+                error = message.parse_payload()
+                text = f"{error.error_code} {error.message}"  # type: ignore[union-attr]
+            except DecodeError as e:
+                text = f"(undecodable: {e})"
+            self.log.warn("Error from the spearlet: {error}", error=text)
+        else:
+            self.log.info("Ignoring a {kind} message: this agent does not handle it", kind=kind.value)
+
+    def _execute(self, connection: AgentConnection, message: SpearMessage) -> None:
+        request_id = message.request_id
+        if self._terminating:
+            refusal = ShuttingDown("the agent is terminating", request_id=request_id)
+            connection.send(SpearMessage.from_error(refusal))
+            return
+        try:
+            request = message.parse_payload()
+        except DecodeError as e:
+            e.request_id = request_id
+            connection.send(SpearMessage.from_error(e))
+            return
+        assert isinstance(request, ExecuteRequest)
+        started = time.monotonic()
+        state: dict[str, Any] = {"done": False, "timer": None}
+
+        def finish(response: ExecuteResponse) -> None:
+            if state["done"]:
+                return
+            state["done"] = True
+            if state["timer"] is not None:
+                state["timer"].cancel()
+            if not connection.send(SpearMessage.execute_response(request_id, response)):
+                self.log.warn(
+                    "The response to request {request_id} is lost: its connection is gone",
+                    request_id=request_id,
+                )
+
+        def elapsed() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        def succeeded(result: Any) -> None:
+            try:
+                response = response_for(request, result, elapsed())
+            except (TypeError, ValueError) as e:
+                self.log.error("Request {request_id}: {error}", request_id=request_id, error=str(e))
+                response = failure_response(request, e, elapsed())
+            finish(response)
+
+        def failed(failure: Any) -> None:
+            if state["done"]:
+                return
+            error = failure.value
+            if not isinstance(error, TaskFailed):
+                self.log.error(
+                    "Handler failed on request {request_id} of {task_id}:\n{traceback}",
+                    request_id=request_id,
+                    task_id=request.task_id,
+                    traceback=txaio.failure_format_traceback(failure),
+                )
+            finish(failure_response(request, error, elapsed()))
+
+        def timed_out() -> None:
+            state["timer"] = None
+            finish(
+                ExecuteResponse(
+                    request.task_id,
+                    ExecutionStatus.TIMEOUT,
+                    None,
+                    f"the handler did not finish within {request.timeout} s",
+                    None,
+                    elapsed(),
+                )
+            )
+            txaio.cancel(future)
+
+        future = txaio.as_future(self.handler, request)
+        self._running.add(future)
+        if request.timeout:
+            state["timer"] = self.clock.call_later(request.timeout, timed_out)
+
+        def settled(_: Any) -> None:
+            self._running.discard(future)
+
+        txaio.add_callbacks(future, succeeded, failed)
+        txaio.add_callbacks(future, settled, settled)
+
+    def _signal(self, connection: AgentConnection, message: SpearMessage) -> None:
+        try:
+            body = message.parse_payload()
+        except DecodeError as e:
+            e.request_id = message.request_id
+            connection.send(SpearMessage.from_error(e))
+            return
+        assert isinstance(body, SignalMessage)
+        if body.signal_type is SignalType.TERMINATE:
+            self.terminate("a Terminate signal from the spearlet")
+            return
+        if self.on_signal is None:
+            self.log.info("Ignoring signal {signal}: no signal hook", signal=_signal_name(body))
+            return
+        try:
+            outcome = txaio.as_future(self.on_signal, body)
+        except Exception as e:
+            self.log.error(
+                "The signal hook failed on {signal}: {error}", signal=_signal_name(body), error=str(e)
+            )
+            return
+        txaio.add_callbacks(
+            outcome,
+            None,
+            lambda failure: self.log.error(
+                "The signal hook failed on {signal}: {error}",
+                signal=_signal_name(body),
+                error=txaio.failure_message(failure),
+            ),
+        )
+
+    # -- ending ------------------------------------------------------------------------------------
+
+    def terminate(self, why: str = "asked to") -> None:
+        """
+        End cleanly: take no more requests, let the running ones finish and
+        answer, close the connection, exit with status 0.
+        """
+        if self._terminating:
+            return
+        self._terminating = True
+        self.log.info("Terminating ({why})", why=why)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        running = list(self._running)
+        if running:
+            waiting = txaio.gather(running, consume_exceptions=True)
+            txaio.add_callbacks(waiting, lambda _: self._close(), lambda _: self._close())
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        connection = self.connection
+        if connection is None or connection.closed or connection.transport is None:
+            self._finish(EXIT_OK)
+            return
+        connection.close("the agent is terminating")
+
+    def _finish(self, status: int) -> None:
+        if self._exit_status is not None:
+            return
+        self._exit_status = status
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        waiters, self._finish_waiters = self._finish_waiters, []
+        for waiter in waiters:
+            if not txaio.is_called(waiter):
+                txaio.resolve(waiter, status)
+
+
+def _signal_name(body: SignalMessage) -> str:
+    kind = body.signal_type
+    return kind.value if isinstance(kind, SignalType) else f"Custom({kind.name})"

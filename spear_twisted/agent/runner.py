@@ -1,0 +1,92 @@
+"""
+:func:`run`: the entry point of an agent program.
+
+It reads the configuration, connects and presents the instance's secret
+with a plain socket (:mod:`spear_twisted.agent.bootstrap`), and only then
+chooses txaio's framework, once, imports it and runs the agent on the
+connected socket.  Nothing here is imported before that choice but the
+standard library and the agent's small configuration modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from spear_twisted.agent.config import (
+    EXIT_CONFIG,
+    EXIT_UNREACHABLE,
+    SECRET_VARIABLES,
+    AgentConfig,
+    AgentConfigError,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from spear_twisted.agent.core import Handler, SignalHook
+
+#: The frameworks an agent can run on.
+FRAMEWORKS = ("asyncio", "twisted")
+
+
+def run(
+    handler: Handler,
+    *,
+    framework: str = "asyncio",
+    on_signal: SignalHook | None = None,
+    config: AgentConfig | None = None,
+    **overrides: object,
+) -> int:
+    """
+    Run an agent whose requests ``handler`` answers, until it ends; returns
+    its exit status (pass it to ``sys.exit``).
+
+    :param framework: ``"asyncio"`` (which imports no Twisted) or
+        ``"twisted"``; txaio is set to it here, once.
+    :param on_signal: called with each ``SignalMessage`` but Terminate
+        (Pause, Resume, Restart, Custom); it may return a Deferred, a future
+        or a coroutine.
+    :param config: the whole configuration; by default it is read from the
+        environment (PROTOCOL.md section 7), with ``overrides`` (any
+        :class:`AgentConfig` argument) taking precedence.
+
+    The instance's secret is removed from ``os.environ`` (programs the
+    handler starts do not inherit it).  Exit statuses: 0 after a
+    ``Terminate`` signal, SIGTERM or SIGINT; 69 when the spearlet cannot
+    be reached after every retry; 76 when it breaks the protocol; 77 when it
+    refuses the instance's secret; 78 for a configuration error.
+    """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
+    try:
+        if config is None:
+            config = AgentConfig.from_environment(None, **overrides)
+    except AgentConfigError as e:
+        _say(f"configuration error: {e}")
+        return EXIT_CONFIG
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+    from spear_twisted.agent.bootstrap import connect_and_authenticate
+
+    connected = connect_and_authenticate(config)
+    if connected is None:
+        return EXIT_UNREACHABLE
+    import txaio as _txaio
+
+    txaio: Any = _txaio  # its functions are bound when the framework is chosen
+    if framework == "asyncio":
+        txaio.use_asyncio()
+        txaio.start_logging(out=sys.stderr, level="info")
+        from spear_twisted.agent.aio import run_agent
+    else:
+        txaio.use_twisted()
+        txaio.start_logging(out=sys.stderr, level="info")
+        from spear_twisted.agent.tx import run_agent
+    return run_agent(handler, config, on_signal=on_signal, preconnected=connected)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"spear agent: {message}\n")
+    sys.stderr.flush()

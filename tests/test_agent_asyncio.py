@@ -1,0 +1,237 @@
+"""
+The agent SDK in child processes, spawned by a real ProcessRuntime: the
+asyncio path (which must not import Twisted), its handler forms, signals,
+timeouts, exit statuses; the entry point's configuration errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from spear_twisted.agent import EXIT_CONFIG, EXIT_OK, EXIT_UNREACHABLE
+from spear_twisted.runtime import InstanceConfig, InstanceStatus, RestartPolicy, TaskInstance
+from spear_twisted.runtime.process import ProcessRuntime
+from spear_twisted.wire import ExecuteRequest, ExecutionStatus, SignalMessage, SignalType, SpearMessage
+from tests.runtime_support import (
+    CHILD_ENV,
+    CHILD_INHERIT,
+    PYTHON,
+    execute,
+    python_args,
+    real_runtime,
+    when_status,
+    with_timeout,
+    write_script,
+)
+
+STEP = 60.0
+
+#: A started runtime and its instance.
+Started = tuple[ProcessRuntime, TaskInstance]
+
+AGENT = """
+import asyncio, json, sys
+from spear_twisted.agent import TaskFailed, run
+
+signals = []
+
+
+def on_signal(message):
+    kind = message.signal_type
+    signals.append(getattr(kind, "value", None) or f"Custom({kind.name})")
+
+
+async def awaited(request):
+    await asyncio.sleep(0)
+    return "awaited " + " ".join(request.args)
+
+
+def handle(request):
+    command = request.command
+    if command == "modules":
+        return json.dumps(sorted(name for name in sys.modules if name.split(".")[0] == "twisted"))
+    if command == "framework":
+        import txaio
+        return "asyncio" if txaio.using_asyncio else "twisted"
+    if command == "plain":
+        return "plain"
+    if command == "coroutine":
+        return awaited(request)
+    if command == "future":
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.call_soon(future.set_result, "resolved")
+        return future
+    if command == "signals":
+        return json.dumps(signals)
+    if command == "slow":
+        return asyncio.sleep(60)
+    if command == "failed":
+        raise TaskFailed("nope", exit_code=9, output="half")
+    raise ValueError(f"unknown command {command}")
+
+
+overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+raise SystemExit(run(handle, on_signal=on_signal, **overrides))
+"""
+
+
+class AsyncioAgentTests(TestCase):
+    @defer.inlineCallbacks
+    def start(
+        self, *args: str, **changes: Any
+    ) -> Generator[Deferred[Any], Any, tuple[ProcessRuntime, TaskInstance]]:
+        runtime = real_runtime(self)
+        script = write_script(self, AGENT)
+        config = InstanceConfig(PYTHON, python_args(script, *args), inherit_env=CHILD_INHERIT, **changes)
+        instance = runtime.create_instance("agent", config)
+        yield with_timeout(runtime.start_instance(instance), STEP, "authentication")
+        return runtime, instance
+
+    @defer.inlineCallbacks
+    def test_the_asyncio_path_imports_no_twisted(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start()
+        framework = yield with_timeout(execute(runtime, instance, command="framework"), STEP, "a response")
+        self.assertEqual(framework.output, "asyncio")
+        modules = yield with_timeout(execute(runtime, instance, command="modules"), STEP, "a response")
+        self.assertEqual(modules.status, ExecutionStatus.COMPLETED)
+        self.assertEqual(json.loads(modules.output), [])
+
+    @defer.inlineCallbacks
+    def test_every_handler_form_under_asyncio(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start()
+        expected = {
+            "plain": (ExecutionStatus.COMPLETED, "plain", None, 0),
+            "coroutine": (ExecutionStatus.COMPLETED, "awaited a b", None, 0),
+            "future": (ExecutionStatus.COMPLETED, "resolved", None, 0),
+            "failed": (ExecutionStatus.FAILED, "half", "nope", 9),
+            "other": (ExecutionStatus.FAILED, None, "ValueError: unknown command other", 1),
+        }
+        for command, outcome in expected.items():
+            response = yield with_timeout(
+                execute(runtime, instance, "a", "b", command=command), STEP, command
+            )
+            self.assertEqual((response.status, response.output, response.error, response.exit_code), outcome)
+
+    @defer.inlineCallbacks
+    def test_a_slow_handler_is_answered_with_timeout(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start()
+        channel = runtime.factory.get_channel(instance.instance_id)
+        request = ExecuteRequest("agent", "slow", timeout=1)
+        answer = yield with_timeout(
+            channel.request_response(SpearMessage.execute_request(0, request), STEP), STEP, "the timeout"
+        )
+        response = answer.parse_payload()
+        self.assertEqual(response.status, ExecutionStatus.TIMEOUT)
+        self.assertEqual(response.error, "the handler did not finish within 1 s")
+
+    @defer.inlineCallbacks
+    def test_signals_reach_the_hook(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start()
+        channel = runtime.factory.get_channel(instance.instance_id)
+        for kind in (SignalType.PAUSE, SignalType.RESUME, SignalType.custom("reload")):
+            yield channel.send(SpearMessage.signal(0, SignalMessage(kind)))
+        response = yield with_timeout(execute(runtime, instance, command="signals"), STEP, "a response")
+        self.assertEqual(json.loads(response.output), ["Pause", "Resume", "Custom(reload)"])
+
+    @defer.inlineCallbacks
+    def sigterm(self, runtime: ProcessRuntime, instance: TaskInstance) -> Generator[Deferred[Any], Any, None]:
+        # Once the agent serves (its framework is loaded and its handlers
+        # installed); before that, SIGTERM's default action ends it.
+        yield with_timeout(execute(runtime, instance, command="plain"), STEP, "a response")
+        ended = when_status(runtime, instance, InstanceStatus.STOPPED, InstanceStatus.ERROR)
+        assert instance.pid is not None
+        os.kill(instance.pid, signal.SIGTERM)
+        yield with_timeout(ended, STEP, "the exit")
+        self.assertEqual(instance.status, InstanceStatus.STOPPED, instance.error)
+        self.assertEqual(instance.last_exit.exit_code, EXIT_OK)
+
+    @defer.inlineCallbacks
+    def test_sigterm_ends_an_asyncio_agent_cleanly(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start(restart_policy=RestartPolicy.NEVER)
+        yield self.sigterm(runtime, instance)
+
+    @defer.inlineCallbacks
+    def test_sigterm_ends_a_twisted_agent_cleanly(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start_echo("twisted")
+        yield self.sigterm(runtime, instance)
+
+    @defer.inlineCallbacks
+    def start_echo(
+        self, framework: str
+    ) -> Generator[Deferred[Any], Any, tuple[ProcessRuntime, TaskInstance]]:
+        runtime = real_runtime(self)
+        config = InstanceConfig(
+            PYTHON,
+            ("-m", "spear_twisted.agent.echo", "--framework", framework),
+            inherit_env=CHILD_INHERIT,
+            restart_policy=RestartPolicy.NEVER,
+        )
+        instance = runtime.create_instance("echo", config)
+        yield with_timeout(runtime.start_instance(instance), STEP, "authentication")
+        return runtime, instance
+
+    @defer.inlineCallbacks
+    def test_a_dropped_connection_is_reestablished(self) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance = yield self.start(json.dumps({"retry_delay": 0.05}))
+        yield with_timeout(execute(runtime, instance, command="plain"), STEP, "a response")
+        channel = runtime.factory.get_channel(instance.instance_id)
+        assert channel is not None and channel.connection is not None
+        unhealthy = when_status(runtime, instance, InstanceStatus.UNHEALTHY)
+        channel.connection.abort()
+        yield with_timeout(unhealthy, STEP, "the loss")
+        yield with_timeout(when_status(runtime, instance, InstanceStatus.READY), STEP, "the reconnection")
+        self.assertEqual(instance.history[-1].reason, "its agent reconnected")
+        response = yield with_timeout(execute(runtime, instance, command="plain"), STEP, "a response")
+        self.assertEqual(response.output, "plain")
+        self.assertEqual(instance.restart_count, 0)
+
+    @defer.inlineCallbacks
+    def test_the_agent_exits_69_once_the_spearlet_is_gone_for_good(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        overrides = json.dumps({"max_retries": 2, "retry_delay": 0.05})
+        runtime, instance = yield self.start(overrides, restart_policy=RestartPolicy.NEVER)
+        ended = when_status(runtime, instance, InstanceStatus.ERROR)
+        # The spearlet's side of the instance disappears (as if it crashed).
+        yield runtime.factory.remove_channel(instance.instance_id)
+        yield with_timeout(ended, STEP, "the agent giving up")
+        self.assertEqual(instance.last_exit.exit_code, EXIT_UNREACHABLE)
+        self.assertTrue(instance.error.startswith(f"exited with code {EXIT_UNREACHABLE}; last output: "))
+        self.assertIn("giving up after 3 attempts", instance.error)
+
+
+class EntryPointTests(TestCase):
+    def test_without_its_environment_the_agent_exits_78_saying_why(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "spear_twisted.agent.echo"],
+            env=CHILD_ENV,
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+            check=False,
+        )
+        self.assertEqual(result.returncode, EXIT_CONFIG)
+        self.assertIn("SPEAR_INSTANCE_ID is not set", result.stderr)
+
+    def test_a_bad_argument_is_a_usage_error(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "spear_twisted.agent.echo", "--framework", "gevent"],
+            env=CHILD_ENV,
+            capture_output=True,
+            text=True,
+            timeout=STEP,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("usage: python -m spear_twisted.agent.echo", result.stderr)
