@@ -17,15 +17,13 @@ never a list, a boolean is never an integer, a float is never an integer.
 from __future__ import annotations
 
 import contextvars
-import difflib
 import enum
 import struct
 import typing
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import attrs
-import cattrs
 import orjson
 
 from spear_twisted.errors import InvalidJson, InvalidMessage
@@ -54,12 +52,17 @@ __all__ = [
     "unstructure",
 ]
 
+if TYPE_CHECKING:
+    import cattrs
+
+    #: The converter (built on first use; see :func:`get_converter`).
+    converter: cattrs.Converter
+
 T = TypeVar("T")
 PathPart = str | int
 Problem = tuple[tuple[PathPart, ...], str]
-
-#: The converter for everything spear_twisted (de)serialises.
-converter = cattrs.Converter()
+StructureHook = Callable[[Any, Any], Any]
+UnstructureHook = Callable[[Any], Any]
 
 
 class SchemaError(Exception):
@@ -203,7 +206,7 @@ def _is_tuple_of(kind: Any) -> bool:
 
 def _tuple_hook(kind: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
     item_type = typing.get_args(kind)[0]
-    item_hook = converter.get_structure_hook(item_type)
+    item_hook = structure_hook(item_type)
 
     def structure_tuple(value: Any, _type: Any) -> tuple[Any, ...]:
         if type(value) is not list:
@@ -249,7 +252,7 @@ _UnionType = type(int | None)
 
 def _optional_hook(kind: Any) -> Callable[[Any, Any], Any]:
     inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-    inner_hook = converter.get_structure_hook(inner)
+    inner_hook = structure_hook(inner)
 
     def structure_optional(value: Any, _type: Any) -> Any:
         if value is None:
@@ -305,7 +308,7 @@ def _class_hook(cls: Any) -> Callable[[Any, Any], Any]:
     def prepare() -> list[tuple[str, Any, Callable[[Any, Any], Any], bool]]:
         attrs.resolve_types(cls)
         return [
-            (field.name, field.type, converter.get_structure_hook(field.type), _is_optional(field.type))
+            (field.name, field.type, structure_hook(field.type), _is_optional(field.type))
             for field in attrs.fields(cls)
         ]
 
@@ -355,7 +358,7 @@ def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
         attrs.resolve_types(cls)
         fields = attrs.fields(cls)
         required.extend(field.name for field in fields if field.default is attrs.NOTHING)
-        return {field.name: (field.type, converter.get_structure_hook(field.type)) for field in fields}
+        return {field.name: (field.type, structure_hook(field.type)) for field in fields}
 
     def structure_settings(value: Any, _type: Any) -> Any:
         nonlocal specs
@@ -368,6 +371,8 @@ def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
         for key, item in value.items():
             spec = specs.get(key)
             if spec is None:
+                import difflib
+
                 close = difflib.get_close_matches(key, specs, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(specs)}"
                 problems.append(((key,), f"unknown key{hint}"))
@@ -409,7 +414,7 @@ def _is_fixed_tuple(kind: Any) -> bool:
 
 def _fixed_tuple_hook(kind: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
     item_types = typing.get_args(kind)
-    hooks = [converter.get_structure_hook(item) for item in item_types]
+    hooks = [structure_hook(item) for item in item_types]
 
     def structure_fixed(value: Any, _type: Any) -> tuple[Any, ...]:
         if type(value) is not list or len(value) != len(item_types):
@@ -446,10 +451,6 @@ def _unstructure_signal(value: AnySignal) -> Any:
     return value.value  # type: ignore[union-attr]
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def _unstructure_hook_for(kind: Any) -> Callable[[Any], Any] | None:
     """The hook for a declared field type, or None when the value is written as it is."""
     if kind in (str, bool, float) or _is_string_map(kind) or _is_tuple_of(kind):
@@ -466,7 +467,7 @@ def _unstructure_hook_for(kind: Any) -> Callable[[Any], Any] | None:
             return None if value is None else inner_hook(value)
 
         return unstructure_optional
-    return converter.get_unstructure_hook(kind)
+    return unstructure_hook(kind)
 
 
 def _class_unstructure_hook(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
@@ -486,27 +487,142 @@ def _class_unstructure_hook(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
     return unstructure_class
 
 
-converter.register_structure_hook(str, _structure_str)
-converter.register_structure_hook(bool, _structure_bool)
-converter.register_structure_hook(bytes, _structure_bytes)
-converter.register_structure_hook_factory(_is_annotated(IntRange), _int_hook)
-converter.register_structure_hook_func(_is_annotated(FloatKind), _structure_f64)
-converter.register_structure_hook_factory(_is_tuple_of, _tuple_hook)
-converter.register_structure_hook_func(_is_string_map, _structure_string_map)
-converter.register_structure_hook_factory(_is_optional, _optional_hook)
-converter.register_structure_hook_func(lambda kind: kind == AnySignal, _structure_signal)
-converter.register_structure_hook_factory(_is_our_enum, _enum_hook)
-converter.register_structure_hook_factory(attrs.has, _class_hook)
-converter.register_structure_hook_factory(is_settings_class, _settings_hook)
-converter.register_structure_hook(int, _structure_int)
-converter.register_structure_hook(float, _structure_float)
-converter.register_structure_hook_factory(_is_fixed_tuple, _fixed_tuple_hook)
+# -- the hook tables ----------------------------------------------------------------------
+#
+# These tables are the converter's hooks.  The wire path looks its hooks up
+# here directly, so that decoding a message never imports cattrs; the cattrs
+# converter (:func:`get_converter`) registers the same hooks, and is the
+# fallback for any type these tables do not know.
 
-converter.register_unstructure_hook(bytes, _unstructure_bytes)
-converter.register_unstructure_hook_func(_is_annotated(FloatKind), _unstructure_f64)
-converter.register_unstructure_hook_func(lambda kind: kind == AnySignal, _unstructure_signal)
-converter.register_unstructure_hook_func(_is_our_enum, lambda value: value.value)
-converter.register_unstructure_hook_factory(attrs.has, _class_unstructure_hook)
+_SCALAR_STRUCTURE: dict[type, StructureHook] = {
+    str: _structure_str,
+    bool: _structure_bool,
+    bytes: _structure_bytes,
+    int: _structure_int,
+    float: _structure_float,
+}
+
+
+def _is_signal(kind: Any) -> bool:
+    return kind == AnySignal  # type: ignore[no-any-return]
+
+
+def _hook(function: StructureHook) -> Callable[[Any], StructureHook]:
+    return lambda _kind: function
+
+
+# Predicate and hook factory, most specific first (the order cattrs gives the
+# same registrations: the latest registered predicate wins).
+_STRUCTURE_FACTORIES: tuple[tuple[Callable[[Any], bool], Callable[[Any], StructureHook]], ...] = (
+    (_is_fixed_tuple, _fixed_tuple_hook),
+    (is_settings_class, _settings_hook),
+    (attrs.has, _class_hook),
+    (_is_our_enum, _enum_hook),
+    (_is_signal, _hook(_structure_signal)),
+    (_is_optional, _optional_hook),
+    (_is_string_map, _hook(_structure_string_map)),
+    (_is_tuple_of, _tuple_hook),
+    (_is_annotated(FloatKind), _hook(_structure_f64)),
+    (_is_annotated(IntRange), _int_hook),
+)
+
+_UNSTRUCTURE_FACTORIES: tuple[tuple[Callable[[Any], bool], Callable[[Any], UnstructureHook]], ...] = (
+    (attrs.has, _class_unstructure_hook),
+    (_is_our_enum, lambda _kind: _enum_value),
+    (_is_signal, lambda _kind: _unstructure_signal),
+    (_is_annotated(FloatKind), lambda _kind: _unstructure_f64),
+)
+
+_structure_hooks: dict[Any, StructureHook] = {}
+_unstructure_hooks: dict[Any, UnstructureHook] = {}
+
+
+def _enum_value(value: enum.Enum) -> Any:
+    return value.value
+
+
+def _scalar_subclass(kind: Any) -> bool:
+    # A subclass of a scalar (an IntEnum, say) is left to cattrs, which
+    # dispatches it by its base class as it always did.
+    return (
+        isinstance(kind, type)
+        and kind not in _SCALAR_STRUCTURE
+        and issubclass(kind, tuple(_SCALAR_STRUCTURE))
+    )
+
+
+def structure_hook(kind: Any) -> StructureHook:
+    """The structure hook for ``kind`` (the converter's, without importing cattrs for ours)."""
+    try:
+        return _structure_hooks[kind]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable type annotation
+        return get_converter().get_structure_hook(kind)
+    hook = _SCALAR_STRUCTURE.get(kind) if isinstance(kind, type) else None
+    if hook is None and not _scalar_subclass(kind):
+        for predicate, factory in _STRUCTURE_FACTORIES:
+            if predicate(kind):
+                hook = factory(kind)
+                break
+    if hook is None:
+        hook = get_converter().get_structure_hook(kind)
+    _structure_hooks[kind] = hook
+    return hook
+
+
+def unstructure_hook(kind: Any) -> UnstructureHook:
+    """The unstructure hook for ``kind`` (the converter's, without importing cattrs for ours)."""
+    try:
+        return _unstructure_hooks[kind]
+    except KeyError:
+        pass
+    except TypeError:
+        return get_converter().get_unstructure_hook(kind)
+    hook: UnstructureHook | None = _unstructure_bytes if kind is bytes else None
+    if hook is None and not _scalar_subclass(kind):
+        for predicate, factory in _UNSTRUCTURE_FACTORIES:
+            if predicate(kind):
+                hook = factory(kind)
+                break
+    if hook is None:
+        hook = get_converter().get_unstructure_hook(kind)
+    _unstructure_hooks[kind] = hook
+    return hook
+
+
+_converter: cattrs.Converter | None = None
+
+
+def get_converter() -> cattrs.Converter:
+    """
+    The one cattrs converter for everything spear_twisted (de)serialises.
+
+    Built on first use, with the hooks of this module registered; the wire
+    path uses the same hooks without it, so an agent that only speaks the
+    protocol never imports cattrs.
+    """
+    global _converter
+    if _converter is None:
+        import cattrs
+
+        made = cattrs.Converter()
+        for scalar, scalar_hook in _SCALAR_STRUCTURE.items():
+            made.register_structure_hook(scalar, scalar_hook)
+        for predicate, _ in reversed(_STRUCTURE_FACTORIES):
+            made.register_structure_hook_factory(predicate, structure_hook)
+        made.register_unstructure_hook(bytes, _unstructure_bytes)
+        for predicate, _ in reversed(_UNSTRUCTURE_FACTORIES):
+            made.register_unstructure_hook_factory(predicate, unstructure_hook)
+        _converter = made
+    return _converter
+
+
+def __getattr__(name: str) -> Any:
+    # ``converter`` is built on first use (see get_converter).
+    if name == "converter":
+        return get_converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def structure(value: Any, kind: type[T], *, root: str = "") -> T:
@@ -516,7 +632,7 @@ def structure(value: Any, kind: type[T], *, root: str = "") -> T:
     :raises InvalidMessage: naming the path of every problem, under ``root``.
     """
     try:
-        return converter.structure(value, kind)
+        return structure_hook(kind)(value, kind)  # type: ignore[no-any-return]
     except SchemaError as e:
         prefix: tuple[PathPart, ...] = (root,) if root else ()
         raise InvalidMessage([(format_path(prefix + path), reason) for path, reason in e.problems]) from None
@@ -524,7 +640,7 @@ def structure(value: Any, kind: type[T], *, root: str = "") -> T:
 
 def unstructure(value: Any) -> Any:
     """``value`` as plain JSON-ready data, as PROTOCOL.md writes it."""
-    return converter.unstructure(value)
+    return unstructure_hook(value.__class__)(value)
 
 
 # -- messages -----------------------------------------------------------------------------
@@ -532,7 +648,7 @@ def unstructure(value: Any) -> Any:
 
 def encode_body(body: Any) -> bytes:
     """The JSON text of a message body (what goes into ``payload``)."""
-    return orjson.dumps(converter.unstructure(body))
+    return orjson.dumps(unstructure_hook(body.__class__)(body))
 
 
 def _parse(data: bytes, kind: type[T], root: str) -> T:
@@ -571,31 +687,33 @@ def decode_body(message_type: MessageType, payload: bytes, *, request_id: int | 
 
 def encode_message(message: SpearMessage) -> bytes:
     """The JSON text of ``message``."""
-    return b"".join(_message_parts(message))
+    head, payload, tail = _message_parts(message)
+    return b"".join((head, payload, tail))
 
 
 _FRAME_HEADER = struct.Struct(">I")
+_pack_length = _FRAME_HEADER.pack
+
+# The envelope's text before its request id, per message type.
+_ENVELOPE_HEADS = {kind: b'{"message_type":"%s","request_id":' % kind.value.encode() for kind in MessageType}
 
 
 def encode_frame_for(message: SpearMessage) -> bytes:
     """``message`` as a whole frame: big-endian length, then its JSON text."""
-    parts = _message_parts(message)
-    return b"".join([_FRAME_HEADER.pack(sum(map(len, parts))), *parts])
+    head, payload, tail = _message_parts(message)
+    return b"".join((_pack_length(len(head) + len(payload) + len(tail)), head, payload, tail))
 
 
-def _message_parts(message: SpearMessage) -> list[bytes]:
+def _message_parts(message: SpearMessage) -> tuple[bytes, bytes, bytes]:
     # Written by hand: this is the hot path, and the payload (an array of
     # numbers) goes straight from bytes to text without an envelope dict.
     timestamp = message.timestamp
     payload = message.payload
-    return [
-        b'{"message_type":"',
-        message.message_type.value.encode(),
-        b'","request_id":%d,"timestamp":{"secs_since_epoch":%d,"nanos_since_epoch":%d},"payload":'
-        % (message.request_id, timestamp.secs_since_epoch, timestamp.nanos_since_epoch),
-        orjson.dumps(list(payload)) if payload else b"[]",
-        b',"version":%d}' % message.version,
-    ]
+    head = _ENVELOPE_HEADS[message.message_type] + (
+        b'%d,"timestamp":{"secs_since_epoch":%d,"nanos_since_epoch":%d},"payload":'
+        % (message.request_id, timestamp.secs_since_epoch, timestamp.nanos_since_epoch)
+    )
+    return head, orjson.dumps(list(payload)) if payload else b"[]", b',"version":%d}' % message.version
 
 
 def decode_message(data: bytes) -> SpearMessage:
@@ -609,13 +727,17 @@ def decode_message(data: bytes) -> SpearMessage:
     :raises InvalidMessage: the JSON is not an envelope; ``request_id`` is
         set on the error when the envelope's own ``request_id`` was readable.
     """
-    document = strict_json.parse(data)
-    message = _envelope_fast_path(document)
+    if type(data) is not bytes:
+        data = bytes(data)
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise InvalidJson(f"invalid JSON: {e}") from None
+    message = _envelope_fast_path(value, data)
     if message is not None:
-        # A message of exactly this shape has 7 members and no colon in
-        # its strings: equal colon counts prove no key was repeated.
-        document.check_duplicates(members=7)
         return message
+    # Anything unusual: the general reader, which also explains what is wrong.
+    document = strict_json.parse(data)
     document.check_duplicates()
     try:
         return _structure_document(document, SpearMessage, "")
@@ -628,15 +750,17 @@ _MESSAGE_TYPES_BY_NAME = {kind.value: kind for kind in MessageType}
 _U64_MAX = 2**64 - 1
 _new = object.__new__
 _set = object.__setattr__
+_DIGITS_AND_COMMAS = b"0123456789,"
 
 
-def _envelope_fast_path(document: strict_json.Document) -> SpearMessage | None:
+def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
     """
-    The message, when the envelope has exactly the expected keys and valid
-    values; ``None`` sends the caller to the general reader, which also
-    explains whatever is wrong.  The hot path: every frame goes through it.
+    The message, when ``value`` (``data`` as orjson parsed it, which already
+    refused invalid UTF-8, lone surrogates, a BOM, non-finite numbers and
+    trailing data) is an envelope of exactly the expected shape with valid
+    values; ``None`` sends the caller to the general reader.  The hot path:
+    every frame goes through it.
     """
-    value = document.value
     if type(value) is not dict or len(value) != 5:
         return None
     message_type = _MESSAGE_TYPES_BY_NAME.get(value.get("message_type"))  # type: ignore[arg-type]
@@ -660,10 +784,19 @@ def _envelope_fast_path(document: strict_json.Document) -> SpearMessage | None:
     if type(secs) is not int or not 0 <= secs <= _U64_MAX or type(nanos) is not int or not 0 <= nanos < 10**9:
         return None
     try:
-        data = bytes(bytearray(payload))
+        payload_bytes = bytes(bytearray(payload))
     except (TypeError, ValueError):
         return None
-    if payload and document.may_contain_booleans and _has_booleans(payload):
+    # What is left of the text without digits and commas is short: the keys,
+    # the type name and the punctuation.  The shape above is two levels deep
+    # (within serde's depth limit) and holds exactly 7 members; a duplicate
+    # key would add a member, whose ":" no escape can hide, so 7 colons in
+    # the text prove there was none.  A true or false literal can only hide
+    # in the payload array (``bytearray`` takes booleans as 1 and 0).
+    residue = data.translate(None, _DIGITS_AND_COMMAS)
+    if residue.count(b":") != 7:
+        return None
+    if (b"true" in residue or b"false" in residue) and _has_booleans(payload):
         return None
     # Every value is checked above: build without re-running the validators.
     stamp = _new(Timestamp)
@@ -673,7 +806,7 @@ def _envelope_fast_path(document: strict_json.Document) -> SpearMessage | None:
     _set(message, "message_type", message_type)
     _set(message, "request_id", request_id)
     _set(message, "timestamp", stamp)
-    _set(message, "payload", data)
+    _set(message, "payload", payload_bytes)
     _set(message, "version", version)
     return message
 
