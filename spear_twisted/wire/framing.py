@@ -49,6 +49,8 @@ class FrameDecoder:
     has not been read yet.
     """
 
+    __slots__ = ("max_message_size", "error", "_buffer", "_expected")
+
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be at least 1")
@@ -73,6 +75,11 @@ class FrameDecoder:
             return []
         buffer = self._buffer
         if not buffer:
+            # The common case of a small message: exactly one whole frame.
+            if len(data) > FRAME_HEADER_SIZE:
+                (length,) = _HEADER.unpack_from(data)
+                if len(data) - FRAME_HEADER_SIZE == length <= self.max_message_size:
+                    return [bytes(data[FRAME_HEADER_SIZE:])]
             return self._feed_fresh(data)
         expected = self._expected
         if expected is not None and len(buffer) + len(data) < FRAME_HEADER_SIZE + expected:
