@@ -177,10 +177,22 @@ class Channel(Factory):
 
     # -- Factory ----------------------------------------------------------------------------
 
-    def buildProtocol(self, addr: Any) -> SpearProtocol | None:
+    #: The connection protocol ``buildProtocol`` makes: length-prefixed frames.
+    protocol_type: type[SpearSessionProtocol] = SpearProtocol
+
+    def buildProtocol(self, addr: Any) -> SpearSessionProtocol | None:
+        return self.build_connection(self.protocol_type)
+
+    def build_connection(self, protocol_type: type[SpearSessionProtocol]) -> SpearSessionProtocol | None:
+        """
+        A new connection of this channel, of ``protocol_type`` (a
+        :class:`SpearSessionProtocol` subclass: a transport whose messages
+        arrive whole, such as a gRPC stream, brings its own); ``None`` once
+        the channel is closed.
+        """
         if self._closed:
             return None
-        protocol = SpearProtocol(
+        protocol = protocol_type(
             role=self.role,
             clock=self.clock,
             session_config=self.config.session_config(),
