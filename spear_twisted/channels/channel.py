@@ -115,6 +115,42 @@ class Channel(Factory):
     # Start/stop of every channel's factory would flood the log.
     noisy = False
 
+    # Slots: a spearlet holds a channel per instance, thousands of them.
+    __slots__ = (
+        "instance_id",
+        "reactor",
+        "clock",
+        "config",
+        "role",
+        "validator",
+        "credentials",
+        "observer",
+        "observe_messages",
+        "admission",
+        "replace_duplicates",
+        "address",
+        "last_connection_error",
+        "_connection",
+        "_unauthenticated",
+        "_ports",
+        "_pending",
+        "_request_ids",
+        "_deadlines",
+        "_deadline_sequence",
+        "_deadline_timer",
+        "_queue",
+        "_receivers",
+        "_connected_waiters",
+        "_closed",
+        "_close_done",
+        "_latency",
+        "_totals",
+        "_connection_errors",
+        "_timeout_errors",
+        "_late_responses",
+        "_connections",
+    )
+
     def __init__(
         self,
         instance_id: RuntimeInstanceId,

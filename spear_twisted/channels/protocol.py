@@ -60,6 +60,8 @@ class SpearProtocol(SpearSessionProtocol):
     order.
     """
 
+    __slots__ = ("_decoder",)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._decoder = FrameDecoder(self.session_config.max_preauth_message_size)

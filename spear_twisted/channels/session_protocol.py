@@ -206,6 +206,43 @@ class SpearSessionProtocol(Protocol):
 
     log = Logger()
 
+    # Slots: a spearlet holds thousands of idle connections.
+    __slots__ = (
+        "role",
+        "clock",
+        "session_config",
+        "gatekeeper",
+        "owner",
+        "credentials",
+        "observer",
+        "observe_messages",
+        "refuse",
+        "transport_name",
+        "close_timeout",
+        "connection_id",
+        "instance_id",
+        "remote_addr",
+        "peer_credentials",
+        "connected_at",
+        "authenticated_at",
+        "session",
+        "status",
+        "messages_sent",
+        "bytes_sent",
+        "_outgoing",
+        "_write_paused",
+        "_read_paused",
+        "_timer",
+        "_closing_started",
+        "_auth_pending",
+        "_closing_error",
+        "_lost",
+        "_lost_waiters",
+        "_ready_waiters",
+        "messages_received",
+        "bytes_received",
+    )
+
     def __init__(
         self,
         *,

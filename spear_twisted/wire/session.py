@@ -228,6 +228,25 @@ _APPLICATION_MESSAGES = {
 class Session:
     """One connection's protocol state; see the module docstring."""
 
+    # Slots: a spearlet holds one session per connection, thousands of them.
+    __slots__ = (
+        "role",
+        "config",
+        "state",
+        "connected_at",
+        "last_received",
+        "last_sent",
+        "last_activity",
+        "session_id",
+        "auth_request",
+        "close_reason",
+        "heartbeats_sent",
+        "heartbeats_received",
+        "_auth_request_id",
+        "_auth_deadline",
+        "_application",
+    )
+
     def __init__(self, role: Role, config: SessionConfig | None = None, *, now: float) -> None:
         self.role = role
         self.config = config or SessionConfig()
