@@ -54,9 +54,9 @@ import json, sys
 from spear_twisted.wire import AuthRequest, AuthResponse, FrameDecoder, SpearMessage
 
 frame = SpearMessage.auth_request(0, AuthRequest("process:a", "secret", "1.0", "python")).to_frame()
-response = SpearMessage.auth_response(0, AuthResponse(True, None, "s-1", "spear", ("heartbeat",)))
-[body] = FrameDecoder().feed(response.to_frame())
-assert SpearMessage.deserialize(body).parse_payload() == AuthResponse(True, None, "s-1", "spear", ("heartbeat",))
+accepted = AuthResponse(True, None, "s-1", "spear", ("heartbeat",))
+[body] = FrameDecoder().feed(SpearMessage.auth_response(0, accepted).to_frame())
+assert SpearMessage.deserialize(body).parse_payload() == accepted
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("cattrs", "twisted", "secrets"))))
 """
 

@@ -49,7 +49,7 @@ class FrameDecoder:
     has not been read yet.
     """
 
-    __slots__ = ("max_message_size", "error", "_buffer", "_expected")
+    __slots__ = ("_buffer", "_expected", "error", "max_message_size")
 
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         if max_message_size < 1:

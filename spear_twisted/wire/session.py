@@ -230,21 +230,21 @@ class Session:
 
     # Slots: a spearlet holds one session per connection, thousands of them.
     __slots__ = (
-        "role",
-        "config",
-        "state",
-        "connected_at",
-        "last_received",
-        "last_sent",
-        "last_activity",
-        "session_id",
+        "_application",
+        "_auth_deadline",
+        "_auth_request_id",
         "auth_request",
         "close_reason",
-        "heartbeats_sent",
+        "config",
+        "connected_at",
         "heartbeats_received",
-        "_auth_request_id",
-        "_auth_deadline",
-        "_application",
+        "heartbeats_sent",
+        "last_activity",
+        "last_received",
+        "last_sent",
+        "role",
+        "session_id",
+        "state",
     )
 
     def __init__(self, role: Role, config: SessionConfig | None = None, *, now: float) -> None:
