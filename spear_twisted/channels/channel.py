@@ -19,7 +19,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -258,7 +264,11 @@ class Channel(Factory):
             return defer.fail(
                 AlreadyConnected("the instance already has a live connection", instance_id=self.instance_id)
             )
-        checked = defer.maybeDeferred(self.validator, self.instance_id, request.token)
+        try:
+            verdict = self.validator(self.instance_id, request.token)
+        except Exception:
+            return defer.fail()
+        checked = verdict if isinstance(verdict, Deferred) else defer.succeed(verdict)
         return checked.addCallback(self._validated)
 
     def _validated(self, valid: bool) -> Channel:
@@ -502,9 +512,8 @@ class Channel(Factory):
         """
         if self._closed:
             return defer.fail(self._closed_error())
-        connecting = endpoint.connect(self)
-        connecting.addCallback(lambda connection: connection.when_ready())
-        return connecting.addCallback(lambda _: self)
+        ready = endpoint.connect(self).addCallback(_when_ready)
+        return ready.addCallback(lambda _: self)
 
     def add_port(self, port: IListeningPort) -> None:
         """Own ``port``: it stops listening when the channel closes."""
@@ -635,6 +644,13 @@ class Channel(Factory):
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else ("closed" if self._closed else "waiting")
         return f"<{type(self).__name__} {self.instance_id} {state}>"
+
+
+def _when_ready(connection: IProtocol) -> Deferred[SpearSessionProtocol]:
+    # The endpoint connected with the protocol this channel's buildProtocol made.
+    if not isinstance(connection, SpearSessionProtocol):
+        raise TypeError(f"expected a SpearSessionProtocol, not {type(connection).__name__}")
+    return connection.when_ready()
 
 
 def _chain(done: Deferred[None]) -> Deferred[None]:

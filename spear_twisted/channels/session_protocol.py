@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from spear_twisted._version import __version__
+from spear_twisted.channels._twisted import failure_is
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
 from spear_twisted.errors import (
     AuthenticationError,
@@ -775,7 +776,7 @@ class SpearSessionProtocol(Protocol):
 
     def _auth_refused(self, request_id: int, failure: Failure) -> None:
         self._auth_pending = None
-        if failure.check(defer.CancelledError) or self._lost:  # type: ignore[no-untyped-call]
+        if failure_is(failure, defer.CancelledError) or self._lost:
             return
         error = failure.value
         if not isinstance(error, AuthenticationError):

@@ -160,7 +160,7 @@ def _int_hook(kind: Any) -> Callable[[Any, Any], int]:
 def _structure_f64(value: Any, _type: Any) -> float:
     kind = type(value)
     if kind is float:
-        return value  # type: ignore[no-any-return]
+        return float(value)  # already a float: the same object
     if kind is int:
         return float(value)
     raise _expected("f64", value)
@@ -296,7 +296,9 @@ def _structure_signal(value: Any, _type: Any) -> AnySignal:
         raise SchemaError.at_root(
             f'expected a signal name or {{"Custom": name}}, found object with keys {keys}'
         )
-    return _signal_from_name(value, SignalType)  # type: ignore[return-value]
+    signal = _signal_from_name(value, SignalType)
+    assert isinstance(signal, SignalType)  # the hook of the SignalType enum
+    return signal
 
 
 # -- structure hooks: attrs classes ---------------------------------------------------
@@ -446,9 +448,9 @@ def _unstructure_f64(value: float) -> orjson.Fragment:
 
 
 def _unstructure_signal(value: AnySignal) -> Any:
-    if type(value) is CustomSignal:
+    if isinstance(value, CustomSignal):
         return {"Custom": value.name}
-    return value.value  # type: ignore[union-attr]
+    return value.value
 
 
 def _unstructure_hook_for(kind: Any) -> Callable[[Any], Any] | None:
@@ -504,7 +506,7 @@ _SCALAR_STRUCTURE: dict[type, StructureHook] = {
 
 
 def _is_signal(kind: Any) -> bool:
-    return kind == AnySignal  # type: ignore[no-any-return]
+    return bool(kind == AnySignal)
 
 
 def _hook(function: StructureHook) -> Callable[[Any], StructureHook]:
@@ -632,7 +634,8 @@ def structure(value: Any, kind: type[T], *, root: str = "") -> T:
     :raises InvalidMessage: naming the path of every problem, under ``root``.
     """
     try:
-        return structure_hook(kind)(value, kind)  # type: ignore[no-any-return]
+        built: T = structure_hook(kind)(value, kind)
+        return built
     except SchemaError as e:
         prefix: tuple[PathPart, ...] = (root,) if root else ()
         raise InvalidMessage([(format_path(prefix + path), reason) for path, reason in e.problems]) from None
@@ -763,7 +766,8 @@ def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
     """
     if type(value) is not dict or len(value) != 5:
         return None
-    message_type = _MESSAGE_TYPES_BY_NAME.get(value.get("message_type"))  # type: ignore[arg-type]
+    name = value.get("message_type")
+    message_type = _MESSAGE_TYPES_BY_NAME.get(name) if type(name) is str else None
     request_id = value.get("request_id")
     timestamp = value.get("timestamp")
     payload = value.get("payload")

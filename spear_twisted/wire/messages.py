@@ -592,7 +592,8 @@ class SpearMessage:
             the error carries this message's ``request_id`` and its paths
             start with ``payload``.
         """
-        return codec.decode_body(self.message_type, self.payload, request_id=self.request_id)  # type: ignore[no-any-return]
+        body: Body = codec.decode_body(self.message_type, self.payload, request_id=self.request_id)
+        return body
 
     def serialize(self) -> bytes:
         """The JSON text of this message (the body of its frame)."""
