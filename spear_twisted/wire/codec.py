@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import re
 import struct
 import typing
 from collections.abc import Callable, Iterable
@@ -438,8 +439,23 @@ def _fixed_tuple_hook(kind: Any) -> Callable[[Any, Any], tuple[Any, ...]]:
 # -- unstructure hooks ---------------------------------------------------------------------
 
 
-def _unstructure_bytes(value: bytes) -> list[int]:
-    return list(value)
+#: Bytes per piece when a large byte array is written or read: short lists
+#: stay in the CPU's caches, which makes large arrays two to three times faster.
+_PIECE = 64 * 1024
+
+
+def encode_byte_array(data: bytes) -> bytes:
+    """``data`` as a JSON array of numbers (serde's ``Vec<u8>``): ``[1,2,3]``."""
+    if len(data) <= _PIECE:
+        return orjson.dumps(list(data))
+    pieces = [orjson.dumps(list(data[start : start + _PIECE]))[1:-1] for start in range(0, len(data), _PIECE)]
+    return b"[" + b",".join(pieces) + b"]"
+
+
+def _unstructure_bytes(value: bytes) -> list[int] | orjson.Fragment:
+    if len(value) <= _PIECE:
+        return list(value)
+    return orjson.Fragment(encode_byte_array(value))
 
 
 def _unstructure_f64(value: float) -> orjson.Fragment:
@@ -716,7 +732,7 @@ def _message_parts(message: SpearMessage) -> tuple[bytes, bytes, bytes]:
         b'%d,"timestamp":{"secs_since_epoch":%d,"nanos_since_epoch":%d},"payload":'
         % (message.request_id, timestamp.secs_since_epoch, timestamp.nanos_since_epoch)
     )
-    return head, orjson.dumps(list(payload)) if payload else b"[]", b',"version":%d}' % message.version
+    return head, encode_byte_array(payload), b',"version":%d}' % message.version
 
 
 def decode_message(data: bytes) -> SpearMessage:
@@ -732,6 +748,10 @@ def decode_message(data: bytes) -> SpearMessage:
     """
     if type(data) is not bytes:
         data = bytes(data)
+    if len(data) > _LARGE_MESSAGE:
+        message = _large_envelope(data)
+        if message is not None:
+            return message
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -754,6 +774,72 @@ _U64_MAX = 2**64 - 1
 _new = object.__new__
 _set = object.__setattr__
 _DIGITS_AND_COMMAS = b"0123456789,"
+
+
+# Above this size an envelope is first read in two parts: the envelope
+# around its payload, and the payload's array in pieces.
+_LARGE_MESSAGE = 1024 * 1024
+_LARGE_HEAD = re.compile(
+    rb'\{"message_type":"[A-Za-z]+","request_id":[0-9]+,"timestamp":'
+    rb'\{"secs_since_epoch":[0-9]+,"nanos_since_epoch":[0-9]+\},"payload":\['
+)
+_LARGE_TAIL = re.compile(rb'\],"version":[0-9]+\}\Z')
+
+
+def _large_envelope(data: bytes) -> SpearMessage | None:
+    """
+    A large message in the compact shape every writer produces, read as
+    strictly as the whole text would be but with its payload array in pieces;
+    ``None`` for anything else (the general reader then decides).
+    """
+    head = _LARGE_HEAD.match(data)
+    tail = _LARGE_TAIL.search(data, max(0, len(data) - 32))
+    if head is None or tail is None or head.end() > tail.start():
+        return None
+    start, end = head.end(), tail.start()
+    # The envelope without its payload goes through the hot path's checks
+    # (numbers and their ranges, the type name, the 7 members).
+    skeleton = data[:start] + data[end:]
+    try:
+        value = orjson.loads(skeleton)
+    except orjson.JSONDecodeError:
+        return None
+    message = _envelope_fast_path(value, skeleton)
+    if message is None:
+        return None
+    payload = _byte_array_pieces(data, start, end)
+    if payload is None:
+        return None
+    _set(message, "payload", payload)
+    return message
+
+
+def _byte_array_pieces(data: bytes, start: int, end: int) -> bytes | None:
+    """
+    The bytes of the array elements in ``data[start:end]`` (the text between
+    the brackets), or ``None`` if it is not an array of integers 0..255.
+
+    Each piece is cut at a comma and parsed as an array of its own, so every
+    number is checked by the JSON reader; a comma at a cut that has no number
+    on one side leaves a piece that does not parse.
+    """
+    if data.find(b"e", start, end) >= 0:
+        return None  # true or false: bytearray would take them as 1 and 0
+    step = 4 * _PIECE
+    pieces = []
+    position = start
+    while position < end:
+        cut = data.find(b",", position + step, end) if position + step < end else -1
+        if cut < 0:
+            cut = end
+        elif cut == end - 1:
+            return None  # a trailing comma
+        try:
+            pieces.append(bytes(bytearray(orjson.loads(b"[" + data[position:cut] + b"]"))))
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+        position = cut + 1
+    return b"".join(pieces)
 
 
 def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
