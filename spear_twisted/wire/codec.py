@@ -448,8 +448,18 @@ def encode_byte_array(data: bytes) -> bytes:
     """``data`` as a JSON array of numbers (serde's ``Vec<u8>``): ``[1,2,3]``."""
     if len(data) <= _PIECE:
         return orjson.dumps(list(data))
-    pieces = [orjson.dumps(list(data[start : start + _PIECE]))[1:-1] for start in range(0, len(data), _PIECE)]
-    return b"[" + b",".join(pieces) + b"]"
+    return b"".join(_byte_array_parts(data))
+
+
+def _byte_array_parts(data: bytes) -> list[bytes]:
+    """The text of a large byte array as parts to join (brackets and commas included)."""
+    parts = [b"["]
+    for start in range(0, len(data), _PIECE):
+        if start:
+            parts.append(b",")
+        parts.append(orjson.dumps(list(data[start : start + _PIECE]))[1:-1])
+    parts.append(b"]")
+    return parts
 
 
 def _unstructure_bytes(value: bytes) -> list[int] | orjson.Fragment:
@@ -706,8 +716,7 @@ def decode_body(message_type: MessageType, payload: bytes, *, request_id: int | 
 
 def encode_message(message: SpearMessage) -> bytes:
     """The JSON text of ``message``."""
-    head, payload, tail = _message_parts(message)
-    return b"".join((head, payload, tail))
+    return b"".join(_message_parts(message))
 
 
 _FRAME_HEADER = struct.Struct(">I")
@@ -719,11 +728,15 @@ _ENVELOPE_HEADS = {kind: b'{"message_type":"%s","request_id":' % kind.value.enco
 
 def encode_frame_for(message: SpearMessage) -> bytes:
     """``message`` as a whole frame: big-endian length, then its JSON text."""
-    head, payload, tail = _message_parts(message)
-    return b"".join((_pack_length(len(head) + len(payload) + len(tail)), head, payload, tail))
+    parts = _message_parts(message)
+    if len(parts) == 3:
+        head, payload, tail = parts
+        return b"".join((_pack_length(len(head) + len(payload) + len(tail)), head, payload, tail))
+    # A large payload: its pieces are joined once, with the rest of the frame.
+    return b"".join([_pack_length(sum(map(len, parts))), *parts])
 
 
-def _message_parts(message: SpearMessage) -> tuple[bytes, bytes, bytes]:
+def _message_parts(message: SpearMessage) -> list[bytes]:
     # Written by hand: this is the hot path, and the payload (an array of
     # numbers) goes straight from bytes to text without an envelope dict.
     timestamp = message.timestamp
@@ -732,7 +745,10 @@ def _message_parts(message: SpearMessage) -> tuple[bytes, bytes, bytes]:
         b'%d,"timestamp":{"secs_since_epoch":%d,"nanos_since_epoch":%d},"payload":'
         % (message.request_id, timestamp.secs_since_epoch, timestamp.nanos_since_epoch)
     )
-    return head, encode_byte_array(payload), b',"version":%d}' % message.version
+    tail = b',"version":%d}' % message.version
+    if len(payload) <= _PIECE:
+        return [head, orjson.dumps(list(payload)), tail]
+    return [head, *_byte_array_parts(payload), tail]
 
 
 def decode_message(data: bytes) -> SpearMessage:
