@@ -22,12 +22,18 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from spear_twisted.auth import SecretRegistry
 from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelConfig
 from spear_twisted.channels.protocol import SpearProtocol
-from spear_twisted.channels.session_protocol import SpearSessionProtocol
+from spear_twisted.channels.interfaces import ICommunicationChannel
+from spear_twisted.channels.session_protocol import (
+    IConnectionGatekeeper,
+    IConnectionOwner,
+    SpearSessionProtocol,
+)
 from spear_twisted.errors import (
     AuthenticationFailed,
     ConnectionLost,
@@ -184,10 +190,13 @@ def response_to(message: SpearMessage) -> SpearMessage:
 
 class WholeMessageSessionTests(SynchronousTestCase):
     def setUp(self) -> None:
+        self.make_channels(ChannelConfig(heartbeat_interval=10, heartbeat_timeout=30, request_timeout=5))
+
+    def make_channels(self, config: ChannelConfig) -> None:
         self.clock = task.Clock()
         registry = SecretRegistry()
         registry.register(INSTANCE, SECRET)
-        self.config = ChannelConfig(heartbeat_interval=10, heartbeat_timeout=30, request_timeout=5)
+        self.config = config
         self.spearlet = Channel(INSTANCE, reactor=self.clock, config=self.config, validator=registry)
         self.agent_channel = Channel(
             INSTANCE,
@@ -291,6 +300,50 @@ class WholeMessageSessionTests(SynchronousTestCase):
         self.assertEqual(failure.value.instance_id, INSTANCE)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_request_deadlines_share_one_timer_and_each_fires_exactly_on_time(self) -> None:
+        self.make_channels(ChannelConfig(heartbeat_interval=None, heartbeat_timeout=None))
+        self.connect()
+        self.pump()
+        timeouts = [30.0, 10.0, 20.0, 5.0, 40.0, 10.0]
+        calls = [self.spearlet.request_response(request(n), timeout=t) for n, t in enumerate(timeouts)]
+        self.pump()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the channel's one deadline timer
+        elapsed = 0.0
+        for deadline in sorted(set(timeouts)):
+            self.clock.advance(deadline - elapsed - 0.01)
+            for call, timeout in zip(calls, timeouts, strict=True):
+                if timeout >= deadline:
+                    self.assertNoResult(call)
+            self.clock.advance(0.01)
+            elapsed = deadline
+            for call, timeout in zip(calls, timeouts, strict=True):
+                if timeout == deadline:
+                    failure = self.failureResultOf(call, RequestTimeout)
+                    self.assertIn(f"{timeout:g} s", failure.value.message)
+        self.assertEqual(self.spearlet.get_stats().timeout_errors, len(timeouts))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_requests_answered_out_of_order_keep_the_deadline_heap_bounded(self) -> None:
+        self.make_channels(ChannelConfig(heartbeat_interval=None, heartbeat_timeout=None, request_timeout=60))
+        self.connect()
+        self.pump()
+        arriving = [self.agent_channel.receive() for _ in range(300)]
+        calls = [self.spearlet.request_response(request(n)) for n in range(300)]
+        self.pump()
+        requests = [self.successResultOf(d) for d in arriving]
+        for count, incoming in enumerate(reversed(requests), 1):
+            self.agent_channel.send(response_to(incoming))
+            self.pump(2)
+            outstanding = 300 - count
+            self.assertEqual(self.spearlet.get_stats().outstanding_requests, outstanding)
+            self.assertLessEqual(len(self.spearlet._deadlines), 2 * outstanding + 64)
+            self.assertLessEqual(len(self.clock.getDelayedCalls()), 1)
+        for call in calls:
+            self.successResultOf(call)
+        self.clock.advance(60)
+        self.assertEqual(self.spearlet.get_stats().timeout_errors, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_sends_wait_while_the_transport_is_full_and_go_in_order(self) -> None:
         server, _client = self.connect()
         self.pump()
@@ -324,6 +377,17 @@ class WholeMessageSessionTests(SynchronousTestCase):
         self.assertEqual(self.server_pipe.written[-1].message_type, MessageType.CONNECTION_CLOSE)
         self.assertTrue(client.is_lost)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_contracts_are_provided(self) -> None:
+        server, client = self.connect()
+        self.pump()
+        self.assertTrue(verifyObject(IPushProducer, server))
+        self.assertTrue(verifyObject(IConnectionOwner, self.spearlet))
+        self.assertTrue(verifyObject(IConnectionGatekeeper, self.spearlet))
+        self.assertTrue(verifyObject(IConnectionOwner, self.agent_channel))
+        self.assertTrue(verifyObject(ICommunicationChannel, self.spearlet))
+        self.assertIs(self.spearlet.connection, server)
+        self.assertIs(self.agent_channel.connection, client)
 
     def test_stream_protocol_is_the_core_plus_framing(self) -> None:
         self.assertTrue(issubclass(SpearProtocol, SpearSessionProtocol))
