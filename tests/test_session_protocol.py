@@ -27,8 +27,8 @@ from zope.interface.verify import verifyObject
 from spear_twisted.auth import SecretRegistry
 from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelConfig
-from spear_twisted.channels.protocol import SpearProtocol
 from spear_twisted.channels.interfaces import ICommunicationChannel
+from spear_twisted.channels.protocol import SpearProtocol
 from spear_twisted.channels.session_protocol import (
     IConnectionGatekeeper,
     IConnectionOwner,
