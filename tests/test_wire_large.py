@@ -20,7 +20,7 @@ PIECE = codec._PIECE
 PAYLOAD_START = b'"payload":['
 
 
-def large_message(size: int = 600 * 1024) -> SpearMessage:
+def large_message(size: int = 640 * 1024) -> SpearMessage:
     data = bytes(range(256)) * (size // 256)
     body = ExecuteRequest("task", "run", input_data=data)
     return SpearMessage.create(77, body, timestamp=Timestamp(1700000000, 5))
@@ -47,7 +47,7 @@ class LargeEnvelopeTests(SynchronousTestCase):
 
     def test_written_in_pieces_exactly_as_whole(self) -> None:
         payload = self.message.payload
-        self.assertGreater(len(payload), PIECE)
+        self.assertGreater(len(payload), codec._PIECEWISE)
         self.assertEqual(codec.encode_byte_array(payload), orjson.dumps(list(payload)))
         body = self.message.parse_payload()
         assert isinstance(body, ExecuteRequest) and body.input_data is not None
@@ -100,6 +100,12 @@ class LargeEnvelopeTests(SynchronousTestCase):
         self.assertIsNone(codec._large_envelope(text))
         self.assertEqual(codec.decode_message(text), self.message)
 
-    @given(st.binary(min_size=0, max_size=3 * PIECE + 10))
-    def test_byte_arrays_of_any_size_are_written_as_orjson_writes_lists(self, data: bytes) -> None:
+    @given(st.binary(min_size=0, max_size=300))
+    def test_byte_arrays_are_written_as_orjson_writes_lists(self, data: bytes) -> None:
         self.assertEqual(codec.encode_byte_array(data), orjson.dumps(list(data)))
+
+    def test_byte_arrays_written_in_pieces_match_whole_at_every_piece_boundary(self) -> None:
+        base = bytes(range(256)) * (codec._PIECEWISE // 256)
+        for extra in (1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 5):
+            data = base + bytes(range(7)) * (extra // 7) + b"\x01" * (extra % 7)
+            self.assertEqual(codec.encode_byte_array(data), orjson.dumps(list(data)))
