@@ -369,6 +369,9 @@ class SpearSessionProtocol(Protocol):
                 ),
             )
 
+    def _message_event(self, kind: ConnectionEventKind, message: SpearMessage, size: int) -> None:
+        self._event(kind, message_type=message.message_type, request_id=message.request_id, size=size)
+
     def _transport(self) -> SessionTransport:
         transport = self.transport
         if transport is None:
@@ -413,12 +416,7 @@ class SpearSessionProtocol(Protocol):
         self.bytes_received += size
         self.messages_received += 1
         if self.observe_messages:
-            self._event(
-                ConnectionEventKind.MESSAGE_RECEIVED,
-                message_type=message.message_type,
-                request_id=message.request_id,
-                size=size,
-            )
+            self._message_event(ConnectionEventKind.MESSAGE_RECEIVED, message, size)
         session = self.session
         assert session is not None
         now = self.clock.seconds()
@@ -599,12 +597,7 @@ class SpearSessionProtocol(Protocol):
         if session is not None:
             session.sent(message, self.clock.seconds())
         if self.observe_messages:
-            self._event(
-                ConnectionEventKind.MESSAGE_SENT,
-                message_type=message.message_type,
-                request_id=message.request_id,
-                size=size,
-            )
+            self._message_event(ConnectionEventKind.MESSAGE_SENT, message, size)
 
     # -- closing ---------------------------------------------------------------------------------------
 

@@ -583,44 +583,52 @@ def _scalar_subclass(kind: Any) -> bool:
     )
 
 
-def structure_hook(kind: Any) -> StructureHook:
-    """The structure hook for ``kind`` (the converter's, without importing cattrs for ours)."""
+Hook = TypeVar("Hook", StructureHook, UnstructureHook)
+
+
+def _find_hook(
+    kind: Any,
+    cache: dict[Any, Hook],
+    scalar: Hook | None,
+    factories: tuple[tuple[Callable[[Any], bool], Callable[[Any], Hook]], ...],
+    fallback: Callable[[Any], Hook],
+) -> Hook:
     try:
-        return _structure_hooks[kind]
+        return cache[kind]
     except KeyError:
         pass
     except TypeError:  # an unhashable type annotation
-        return get_converter().get_structure_hook(kind)
-    hook = _SCALAR_STRUCTURE.get(kind) if isinstance(kind, type) else None
+        return fallback(kind)
+    hook = scalar
     if hook is None and not _scalar_subclass(kind):
-        for predicate, factory in _STRUCTURE_FACTORIES:
+        for predicate, factory in factories:
             if predicate(kind):
                 hook = factory(kind)
                 break
     if hook is None:
-        hook = get_converter().get_structure_hook(kind)
-    _structure_hooks[kind] = hook
+        hook = fallback(kind)
+    cache[kind] = hook
     return hook
+
+
+def structure_hook(kind: Any) -> StructureHook:
+    """The structure hook for ``kind`` (the converter's, without importing cattrs for ours)."""
+    scalar = _SCALAR_STRUCTURE.get(kind) if isinstance(kind, type) else None
+    return _find_hook(kind, _structure_hooks, scalar, _STRUCTURE_FACTORIES, _cattrs_structure_hook)
 
 
 def unstructure_hook(kind: Any) -> UnstructureHook:
     """The unstructure hook for ``kind`` (the converter's, without importing cattrs for ours)."""
-    try:
-        return _unstructure_hooks[kind]
-    except KeyError:
-        pass
-    except TypeError:
-        return get_converter().get_unstructure_hook(kind)
-    hook: UnstructureHook | None = _unstructure_bytes if kind is bytes else None
-    if hook is None and not _scalar_subclass(kind):
-        for predicate, factory in _UNSTRUCTURE_FACTORIES:
-            if predicate(kind):
-                hook = factory(kind)
-                break
-    if hook is None:
-        hook = get_converter().get_unstructure_hook(kind)
-    _unstructure_hooks[kind] = hook
-    return hook
+    scalar = _unstructure_bytes if kind is bytes else None
+    return _find_hook(kind, _unstructure_hooks, scalar, _UNSTRUCTURE_FACTORIES, _cattrs_unstructure_hook)
+
+
+def _cattrs_structure_hook(kind: Any) -> StructureHook:
+    return get_converter().get_structure_hook(kind)
+
+
+def _cattrs_unstructure_hook(kind: Any) -> UnstructureHook:
+    return get_converter().get_unstructure_hook(kind)
 
 
 _converter: cattrs.Converter | None = None
