@@ -323,6 +323,30 @@ class WholeMessageSessionTests(SynchronousTestCase):
         self.assertEqual(self.spearlet.get_stats().timeout_errors, len(timeouts))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_request_made_while_requests_time_out_keeps_every_deadline(self) -> None:
+        self.make_channels(ChannelConfig(heartbeat_interval=None, heartbeat_timeout=None))
+        self.connect()
+        self.pump()
+        later = self.spearlet.request_response(request(1), timeout=100)
+        made: list[Deferred[SpearMessage]] = []
+
+        def again(failure: Failure) -> None:
+            # From inside the timeout: a long request while one at 100 s runs.
+            made.append(self.spearlet.request_response(request(3), timeout=500))
+
+        self.spearlet.request_response(request(2), timeout=10).addErrback(again)
+        self.clock.advance(10)
+        self.assertEqual(len(made), 1)
+        self.clock.advance(89.9)
+        self.assertNoResult(later)
+        self.clock.advance(0.1)
+        self.failureResultOf(later, RequestTimeout)
+        self.clock.advance(409.9)
+        self.assertNoResult(made[0])
+        self.clock.advance(0.1)
+        self.failureResultOf(made[0], RequestTimeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_requests_answered_out_of_order_keep_the_deadline_heap_bounded(self) -> None:
         self.make_channels(ChannelConfig(heartbeat_interval=None, heartbeat_timeout=None, request_timeout=60))
         self.connect()

@@ -553,13 +553,17 @@ class Channel(Factory):
     # -- request deadlines: one timer per channel ------------------------------------------------------
 
     def _add_deadline(self, entry: _Pending) -> None:
-        heapq.heappush(self._deadlines, (entry.deadline, next(self._deadline_sequence), entry))
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (entry.deadline, next(self._deadline_sequence), entry))
+        # The timer is at the earliest deadline (or before it: a stale entry
+        # may be the earliest, and firing early only rearms).
+        delay = max(0.0, deadlines[0][0] - entry.started)
         timer = self._deadline_timer
         if timer is None:
-            self._deadline_timer = self.clock.callLater(entry.timeout, self._deadlines_due)
-        elif entry.deadline < timer.getTime():
+            self._deadline_timer = self.clock.callLater(delay, self._deadlines_due)
+        elif deadlines[0][0] < timer.getTime():
             # A shorter timeout than those already running.
-            timer.reset(entry.timeout)
+            timer.reset(delay)
 
     def _drop_stale_deadlines(self) -> None:
         deadlines = self._deadlines
