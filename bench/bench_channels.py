@@ -30,7 +30,9 @@ buffer handling (``_unprocessed + data`` on every read) is quadratic.
 
 The 200 B rows alternate baseline and ours for three rounds (one with
 ``--quick``) and print the median of each, so that load from elsewhere on a
-shared machine weighs on both alike.
+shared machine weighs on both alike; under each, the CPU time (user and
+system, this process and the child) per round trip, which other load
+disturbs less than the rates.
 
 Prints a table: case, baseline, ours, ratio (ours/baseline rate; higher is
 better), target.  No pass/fail: figures, not assertions.
@@ -229,6 +231,12 @@ class Child:
             raise RuntimeError(f"child did not start (exit status {self.process.returncode}): {line!r}")
         return line.split(" ", 1)[1]
 
+    def cpu_seconds(self) -> float:
+        """CPU (user and system) the child has used so far, from ``/proc``."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(f"child exited with status {self.process.returncode}")
@@ -276,13 +284,15 @@ def measure_rate(
     warmup: float,
     duration: float,
     min_count: int = 2,
-) -> Generator[Deferred[Any], Any, float]:
+    cpu: Callable[[], float] = time.process_time,
+) -> Generator[Deferred[Any], Any, tuple[float, float]]:
     """
     Operations completed per second, each of ``operations`` running in its
-    own sequential loop, all loops concurrently.  After ``warmup`` seconds the
-    completions are timed for at least ``duration`` seconds and at least
-    ``min_count`` completions; the rate is completions over the time between
-    the first and the last of them.
+    own sequential loop, all loops concurrently, and the CPU seconds
+    ``cpu()`` counts per operation.  After ``warmup`` seconds the completions
+    are timed for at least ``duration`` seconds and at least ``min_count``
+    completions; the rate is completions over the time between the first and
+    the last of them.
     """
     state: dict[str, Any] = {"stop": False, "times": None, "error": None}
 
@@ -307,13 +317,15 @@ def measure_rate(
     yield task.deferLater(reactor, warmup, check)
     state["times"] = times = []
     started = time.perf_counter()
+    cpu_started = cpu()
     yield task.deferLater(reactor, duration, check)
     while len(times) < min_count + 1 or time.perf_counter() - started < duration:
         yield task.deferLater(reactor, 0.01, check)
+    cpu_per_operation = (cpu() - cpu_started) / len(times)
     state["stop"] = True
     yield defer.DeferredList(loops)
     check()
-    return (len(times) - 1) / (times[-1] - times[0])
+    return (len(times) - 1) / (times[-1] - times[0]), cpu_per_operation
 
 
 class BareClient(Int32StringReceiver):
@@ -345,8 +357,11 @@ class BareClient(Int32StringReceiver):
 @defer.inlineCallbacks
 def bare_echo(
     reactor: Any, transport: str, connections: int, body_size: int, timing: dict[str, float]
-) -> Generator[Deferred[Any], Any, float]:
-    """Echoes per second of ``body_size``-byte bodies through the bare echo child."""
+) -> Generator[Deferred[Any], Any, tuple[float, float]]:
+    """
+    Echoes per second of ``body_size``-byte bodies through the bare echo
+    child, and the CPU seconds per echo of both processes.
+    """
     from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 
     scratch = scratch_dir()
@@ -363,7 +378,11 @@ def bare_echo(
             clients.append((yield endpoint.connect(Factory.forProtocol(BareClient))))
         body = b"\xa5" * body_size
         operations = [lambda client=client: client.round_trip(body) for client in clients]
-        return (yield measure_rate(reactor, operations, **timing))
+        return (
+            yield measure_rate(
+                reactor, operations, cpu=lambda: time.process_time() + child.cpu_seconds(), **timing
+            )
+        )
     finally:
         for client in clients:
             client.transport.loseConnection()
@@ -380,10 +399,11 @@ def ours(
     input_size: int,
     timing: dict[str, float],
     max_message_size: int = 64 * MiB,
-) -> Generator[Deferred[Any], Any, tuple[float, float]]:
+) -> Generator[Deferred[Any], Any, tuple[float, float, float]]:
     """
     ``request_response`` round trips per second with ``input_size`` bytes of
-    ``input_data``, and the median latency in seconds.
+    ``input_data``, the median latency in seconds, and the CPU seconds per
+    round trip of both processes.
     """
     import secrets as secrets_module
 
@@ -419,9 +439,12 @@ def ours(
         yield connected
         message = request_message(input_size)
         operations = [lambda channel=channel: channel.request_response(message) for channel in channels]
-        rate = yield measure_rate(reactor, operations, **timing)
+        agent = child
+        rate, cpu = yield measure_rate(
+            reactor, operations, cpu=lambda: time.process_time() + agent.cpu_seconds(), **timing
+        )
         p50s = sorted(channel.get_stats().latency_p50 for channel in channels)
-        return rate, p50s[len(p50s) // 2]
+        return rate, p50s[len(p50s) // 2], cpu
     finally:
         yield defer.DeferredList([channel.close() for channel in channels], consumeErrors=True)
         if child is not None:
@@ -465,13 +488,16 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
         for connections in (1, 100):
             # Alternating rounds, median of each: a load that comes and goes
             # on a shared machine then weighs on both sides alike.
-            bases, mines, p50s = [], [], []
+            bases, mines, p50s, base_cpus, cpus = [], [], [], [], []
             for _ in range(rounds):
-                bases.append((yield bare_echo(reactor, transport, connections, len(small) - 4, fast)))
-                mine, p50 = yield ours(reactor, transport, connections, 200, fast)
+                base, base_cpu = yield bare_echo(reactor, transport, connections, len(small) - 4, fast)
+                mine, p50, cpu = yield ours(reactor, transport, connections, 200, fast)
+                bases.append(base)
+                base_cpus.append(base_cpu)
                 mines.append(mine)
                 p50s.append(p50)
-            base, mine, p50 = statistics.median(bases), statistics.median(mines), statistics.median(p50s)
+                cpus.append(cpu)
+            base, mine = statistics.median(bases), statistics.median(mines)
             _row(
                 f"{transport} 200 B, {connections} conn{'s' if connections > 1 else ''}",
                 f"{base:,.0f} rt/s",
@@ -479,9 +505,14 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
                 f"{mine / base:.2f}x",
                 ">= 0.6x",
             )
-            print(f"{'':<6}(ours: median per-channel p50 latency {p50 * 1e3:.2f} ms)", flush=True)
-        base = yield bare_echo(reactor, transport, 1, MiB, slow)
-        mine, _ = yield ours(reactor, transport, 1, MiB, slow)
+            base_cpu, cpu = statistics.median(base_cpus) * 1e6, statistics.median(cpus) * 1e6
+            print(
+                f"{'':<6}(CPU per round trip, both processes: baseline {base_cpu:.0f} us, ours {cpu:.0f} us;"
+                f" ours p50 latency {statistics.median(p50s) * 1e3:.2f} ms)",
+                flush=True,
+            )
+        base, _ = yield bare_echo(reactor, transport, 1, MiB, slow)
+        mine, _, _ = yield ours(reactor, transport, 1, MiB, slow)
         _row(
             f"{transport} 1 MiB, 1 conn",
             f"{base * MiB / 1e6:,.1f} MB/s",
@@ -489,9 +520,9 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
             f"{mine / base:.3f}x",
             "-",
         )
-        mine, _ = yield ours(reactor, transport, 1, 16 * MiB, huge_timing, max_message_size=256 * MiB)
+        mine, _, _ = yield ours(reactor, transport, 1, 16 * MiB, huge_timing, max_message_size=256 * MiB)
         _row(f"{transport} 16 MiB, 1 conn", "", f"{mine * 16 * MiB / 1e6:,.1f} MB/s", "", "(linear)")
-        wire = yield bare_echo(reactor, transport, 1, len(large) - 4, slow)
+        wire, _ = yield bare_echo(reactor, transport, 1, len(large) - 4, slow)
         _row(
             f"{transport} bare echo, {(len(large) - 4) / MiB:.1f} MiB body",
             f"{wire * (len(large) - 4) / 1e6:,.1f} MB/s",
@@ -499,7 +530,7 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
             "",
             "(info)",
         )
-        huge = yield bare_echo(reactor, transport, 1, 16 * MiB, slow)
+        huge, _ = yield bare_echo(reactor, transport, 1, 16 * MiB, slow)
         _row(f"{transport} bare echo, 16 MiB body", f"{huge * 16 * MiB / 1e6:,.1f} MB/s", "", "", "(note)")
     print()
     print("ratio = ours/baseline rate (higher is better); target applies to the 200 B rows.")
