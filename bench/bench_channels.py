@@ -472,7 +472,10 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
     small = request_message(200).to_frame()
     large = request_message(MiB).to_frame()
     reply = SpearMessage.execute_response(1, ExecuteResponse("bench", ExecutionStatus.COMPLETED, "200 bytes"))
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {'quick' if quick else 'full'} run")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {'quick' if quick else 'full'} run;"
+        f" load average at start {os.getloadavg()[0]:.2f}"
+    )
     print(
         f"ExecuteRequest frame: {len(small)} B for 200 B of input_data, {len(large) / MiB:.1f} MiB for 1 MiB;"
         f" ExecuteResponse frame ~{len(reply.to_frame())} B"
@@ -533,6 +536,7 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
         huge, _ = yield bare_echo(reactor, transport, 1, 16 * MiB, slow)
         _row(f"{transport} bare echo, 16 MiB body", f"{huge * 16 * MiB / 1e6:,.1f} MB/s", "", "", "(note)")
     print()
+    print(f"load average at end {os.getloadavg()[0]:.2f} (the other work of a shared machine)")
     print("ratio = ours/baseline rate (higher is better); target applies to the 200 B rows.")
     print("16 MiB (ours): the same MB/s as 1 MiB means cost linear in the size.")
     print("16 MiB: Int32StringReceiver joins its whole buffer on every read (quadratic in the frame size).")
