@@ -12,6 +12,14 @@ For an ExecuteRequest with 200 B, 64 KiB and 1 MiB of ``input_data`` it times
 and a 64 MiB frame reassembled from 64 KiB pieces by ``FrameDecoder`` against
 collecting the pieces in a list and joining them once.
 
+It also times what an agent process pays before its first frame: a fresh
+interpreter that imports ``spear_twisted.wire``, encodes an ``AuthRequest``
+frame and decodes an ``AuthResponse`` frame, against a fresh interpreter that
+does the same with ``json`` and ``struct`` (a plain-socket Python child).
+Both run with bytecode caching on, as an installed package would (the
+environment's ``PYTHONDONTWRITEBYTECODE`` is dropped for them), after one
+warm-up run; the figure is the best wall time of the runs.
+
 Prints a table with the ratio ours/baseline (lower is better) and the target
 of issue 2.  No pass/fail: figures, not assertions.
 
@@ -24,6 +32,7 @@ import argparse
 import json
 import os
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -136,6 +145,51 @@ def reassembly(total: int, piece: int) -> tuple[Callable[[], object], Callable[[
     return decoder_run, join_run
 
 
+#: The agent's first steps with spear_twisted: import, AuthRequest frame out, AuthResponse in.
+AGENT_START_OURS = """
+from spear_twisted.wire import AuthRequest, AuthResponse, FrameDecoder, SpearMessage
+frame = SpearMessage.auth_request(0, AuthRequest("process:a", "secret", "1.0", "python")).to_frame()
+(body,) = FrameDecoder().feed(bytes.fromhex(RESPONSE))
+response = SpearMessage.deserialize(body).parse_payload()
+assert isinstance(response, AuthResponse) and response.success
+"""
+
+#: The same with the standard library only, as a plain-socket Python child would.
+AGENT_START_BASELINE = """
+import json, struct, time
+body = json.dumps({"instance_id": "process:a", "token": "secret", "client_version": "1.0",
+                   "client_type": "python", "extra_params": {}}, separators=(",", ":")).encode()
+now = time.time_ns()
+envelope = json.dumps({"message_type": "AuthRequest", "request_id": 0,
+                       "timestamp": {"secs_since_epoch": now // 10**9, "nanos_since_epoch": now % 10**9},
+                       "payload": list(body), "version": 1}, separators=(",", ":")).encode()
+frame = struct.pack(">I", len(envelope)) + envelope
+data = bytes.fromhex(RESPONSE)
+(length,) = struct.unpack_from(">I", data)
+response = json.loads(bytes(json.loads(data[4:4 + length])["payload"]))
+assert response["success"]
+"""
+
+
+def agent_start(script: str, runs: int) -> float:
+    """Best wall time of ``runs`` fresh interpreters running ``script``."""
+    from spear_twisted.wire import AuthResponse, SpearMessage
+
+    response = SpearMessage.auth_response(0, AuthResponse(True, None, "s-1", "spear_twisted", ("heartbeat",)))
+    code = f"RESPONSE = {response.to_frame().hex()!r}\n{script}"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-c", code]
+    subprocess.run(command, env=env, check=True)  # warm-up: bytecode caches written
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--quick", action="store_true", help="shorter timing runs")
@@ -160,6 +214,13 @@ def main() -> None:
     print(
         f"{'64 MiB frame from 64 KiB pieces':<34}{base * 1e3:>10.1f}ms{mine * 1e3:>10.1f}ms"
         f"{mine / base:>8.2f}{'< 1 s':>9}"
+    )
+    runs = 5 if options.quick else 20
+    base = agent_start(AGENT_START_BASELINE, runs)
+    mine = agent_start(AGENT_START_OURS, runs)
+    print(
+        f"{'agent start: import, auth frames':<34}{base * 1e3:>10.1f}ms{mine * 1e3:>10.1f}ms"
+        f"{mine / base:>8.2f}{'-':>9}"
     )
 
 

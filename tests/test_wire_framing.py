@@ -135,6 +135,51 @@ class ReassemblyTests(SynchronousTestCase):
         self.assertIsNone(decoder.end())
 
 
+class LargeFrameTests(SynchronousTestCase):
+    """Frames of 1 MiB and more are kept in pieces and joined once."""
+
+    body = bytes(range(256)) * 4096 * 3  # 3 MiB
+
+    def test_large_frame_among_small_ones_in_odd_chunks_is_reassembled_exactly(self) -> None:
+        data = encode_frame(b"before") + encode_frame(self.body) + encode_frame(b"after") + encode_frame(b"x")
+        for step in (1024 * 1024 + 7, 65536, 3 * 1024 * 1024 + 9, len(data)):
+            decoder = FrameDecoder()
+            received: list[bytes] = []
+            for start in range(0, len(data), step):
+                received.extend(decoder.feed(data[start : start + step]))
+            self.assertEqual(received, [b"before", self.body, b"after", b"x"])
+            self.assertEqual((decoder.buffered, decoder.expected), (0, None))
+            self.assertIsNone(decoder.end())
+
+    def test_progress_of_a_large_frame_is_reported(self) -> None:
+        decoder = FrameDecoder()
+        frame = encode_frame(self.body)
+        self.assertEqual(decoder.feed(frame[:1000]), [])
+        self.assertEqual((decoder.buffered, decoder.expected), (1000, len(self.body)))
+        self.assertEqual(decoder.feed(frame[1000:5000]), [])
+        self.assertEqual(decoder.buffered, 5000)
+        self.assertEqual(decoder.feed(frame[5000:]), [self.body])
+
+    def test_large_frame_cut_short_reports_how_much_arrived(self) -> None:
+        decoder = FrameDecoder()
+        decoder.feed(encode_frame(self.body)[: 2 * 1024 * 1024])
+        error = decoder.end()
+        self.assertIsInstance(error, TruncatedFrame)
+        assert isinstance(error, TruncatedFrame)
+        self.assertEqual((error.received, error.expected), (2 * 1024 * 1024, len(self.body)))
+
+    def test_large_frame_does_not_change_when_the_fed_buffers_are_reused(self) -> None:
+        decoder = FrameDecoder()
+        frame = encode_frame(self.body)
+        chunk = bytearray(frame[: 2 * 1024 * 1024])
+        decoder.feed(chunk)
+        chunk[:] = b"\xff" * len(chunk)
+        second = bytearray(frame[2 * 1024 * 1024 :])
+        [body] = decoder.feed(memoryview(second))
+        second[:] = b"\xff" * len(second)
+        self.assertTrue(body == self.body)
+
+
 class SizeLimitTests(SynchronousTestCase):
     def test_oversize_length_is_refused_on_reading_the_prefix_before_any_body_arrives(self) -> None:
         decoder = FrameDecoder(max_message_size=1024)

@@ -11,15 +11,21 @@ transport: where to listen and how to dial.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -27,7 +33,12 @@ from zope.interface import implementer
 from spear_twisted.auth import SecretValidator, refuse_all
 from spear_twisted.channels.config import ChannelAddress, ChannelConfig
 from spear_twisted.channels.interfaces import ICommunicationChannel
-from spear_twisted.channels.protocol import IConnectionGatekeeper, IConnectionOwner, SpearProtocol
+from spear_twisted.channels.protocol import SpearProtocol
+from spear_twisted.channels.session_protocol import (
+    IConnectionGatekeeper,
+    IConnectionOwner,
+    SpearSessionProtocol,
+)
 from spear_twisted.channels.stats import ChannelStats, LatencyWindow
 from spear_twisted.errors import (
     AlreadyConnected,
@@ -53,11 +64,35 @@ _RESPONSE_TYPES = frozenset({MessageType.EXECUTE_RESPONSE, MessageType.ERROR, Me
 _MAX_REQUEST_ID = 2**64 - 1
 
 
-@attrs.define
 class _Pending:
+    """An outstanding request: who waits for it, and until when."""
+
+    __slots__ = ("deadline", "deferred", "done", "request_id", "started", "timeout")
+
     deferred: Deferred[SpearMessage]
-    started: float
-    timer: IDelayedCall | None = None
+
+    def __init__(self, request_id: int, started: float, timeout: float) -> None:
+        self.request_id = request_id
+        self.started = started
+        self.deadline = started + timeout
+        self.timeout = timeout
+        #: Answered, failed or cancelled: its deadline entry is stale.
+        self.done = False
+
+
+class _Totals:
+    """What the channel's past connections sent and received."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent")
+
+    def __init__(self) -> None:
+        self.messages_sent = self.messages_received = self.bytes_sent = self.bytes_received = 0
+
+    def add(self, connection: SpearSessionProtocol | _Totals) -> None:
+        self.messages_sent += connection.messages_sent
+        self.messages_received += connection.messages_received
+        self.bytes_sent += connection.bytes_sent
+        self.bytes_received += connection.bytes_received
 
 
 @implementer(ICommunicationChannel, IConnectionOwner, IConnectionGatekeeper)
@@ -85,6 +120,42 @@ class Channel(Factory):
 
     # Start/stop of every channel's factory would flood the log.
     noisy = False
+
+    # Slots: a spearlet holds a channel per instance, thousands of them.
+    __slots__ = (
+        "_close_done",
+        "_closed",
+        "_connected_waiters",
+        "_connection",
+        "_connection_errors",
+        "_connections",
+        "_deadline_sequence",
+        "_deadline_timer",
+        "_deadlines",
+        "_late_responses",
+        "_latency",
+        "_pending",
+        "_ports",
+        "_queue",
+        "_receivers",
+        "_request_ids",
+        "_timeout_errors",
+        "_totals",
+        "_unauthenticated",
+        "address",
+        "admission",
+        "clock",
+        "config",
+        "credentials",
+        "instance_id",
+        "last_connection_error",
+        "observe_messages",
+        "observer",
+        "reactor",
+        "replace_duplicates",
+        "role",
+        "validator",
+    )
 
     def __init__(
         self,
@@ -122,18 +193,25 @@ class Channel(Factory):
         #: Why the latest connection that did not authenticate failed.
         self.last_connection_error: str | None = None
 
-        self._connection: SpearProtocol | None = None
-        self._unauthenticated: set[SpearProtocol] = set()
+        self._connection: SpearSessionProtocol | None = None
+        self._unauthenticated: set[SpearSessionProtocol] = set()
         self._ports: list[IListeningPort] = []
         self._pending: dict[int, _Pending] = {}
         self._request_ids = itertools.count(1)
-        self._queue: deque[SpearMessage] = deque()
-        self._receivers: deque[Deferred[SpearMessage]] = deque()
+        # Request deadlines: a heap of (deadline, sequence, request) under one
+        # timer at the earliest; answered requests leave stale entries that
+        # are dropped when they surface (or in a sweep, if they pile up).
+        self._deadlines: list[tuple[float, int, _Pending]] = []
+        self._deadline_sequence = itertools.count()
+        self._deadline_timer: IDelayedCall | None = None
+        # Made when first needed: an idle channel holds no queues.
+        self._queue: deque[SpearMessage] | None = None
+        self._receivers: deque[Deferred[SpearMessage]] | None = None
         self._connected_waiters: list[Deferred[ICommunicationChannel]] = []
         self._closed = False
         self._close_done: Deferred[None] | None = None
         self._latency = LatencyWindow()
-        self._totals = {"messages_sent": 0, "messages_received": 0, "bytes_sent": 0, "bytes_received": 0}
+        self._totals = _Totals()
         self._connection_errors = 0
         self._timeout_errors = 0
         self._late_responses = 0
@@ -141,10 +219,22 @@ class Channel(Factory):
 
     # -- Factory ----------------------------------------------------------------------------
 
-    def buildProtocol(self, addr: Any) -> SpearProtocol | None:
+    #: The connection protocol ``buildProtocol`` makes: length-prefixed frames.
+    protocol_type: type[SpearSessionProtocol] = SpearProtocol
+
+    def buildProtocol(self, addr: Any) -> SpearSessionProtocol | None:
+        return self.build_connection(self.protocol_type)
+
+    def build_connection(self, protocol_type: type[SpearSessionProtocol]) -> SpearSessionProtocol | None:
+        """
+        A new connection of this channel, of ``protocol_type`` (a
+        :class:`SpearSessionProtocol` subclass: a transport whose messages
+        arrive whole, such as a gRPC stream, brings its own); ``None`` once
+        the channel is closed.
+        """
         if self._closed:
             return None
-        protocol = SpearProtocol(
+        protocol = protocol_type(
             role=self.role,
             clock=self.clock,
             session_config=self.config.session_config(),
@@ -163,7 +253,7 @@ class Channel(Factory):
 
     # -- IConnectionGatekeeper -------------------------------------------------------------------
 
-    def authenticate(self, connection: SpearProtocol, request: AuthRequest) -> Deferred[Any]:
+    def authenticate(self, connection: SpearSessionProtocol, request: AuthRequest) -> Deferred[Any]:
         if str(self.instance_id) != request.instance_id:
             return defer.fail(AuthenticationFailed("this address belongs to another instance"))
         allowed = self.config.allowed_uids
@@ -174,7 +264,11 @@ class Channel(Factory):
             return defer.fail(
                 AlreadyConnected("the instance already has a live connection", instance_id=self.instance_id)
             )
-        checked = defer.maybeDeferred(self.validator, self.instance_id, request.token)
+        try:
+            verdict = self.validator(self.instance_id, request.token)
+        except Exception:
+            return defer.fail()
+        checked = verdict if isinstance(verdict, Deferred) else defer.succeed(verdict)
         return checked.addCallback(self._validated)
 
     def _validated(self, valid: bool) -> Channel:
@@ -187,7 +281,7 @@ class Channel(Factory):
     def _has_live_connection(self) -> bool:
         return self._connection is not None and not self._connection.is_lost
 
-    def connection_lost_before_auth(self, connection: SpearProtocol, error: SpearError | None) -> None:
+    def connection_lost_before_auth(self, connection: SpearSessionProtocol, error: SpearError | None) -> None:
         self._unauthenticated.discard(connection)
         if error is not None:
             self._connection_errors += 1
@@ -195,7 +289,7 @@ class Channel(Factory):
 
     # -- IConnectionOwner --------------------------------------------------------------------------
 
-    def connection_ready(self, connection: SpearProtocol) -> None:
+    def connection_ready(self, connection: SpearSessionProtocol) -> None:
         self._unauthenticated.discard(connection)
         if self._closed:
             connection.close("channel closed")
@@ -211,20 +305,23 @@ class Channel(Factory):
             old.fail(replaced)
         self._connection = connection
         self._connections += 1
-        if len(self._queue) >= self.config.receive_queue_size:
+        if self._queue is not None and len(self._queue) >= self.config.receive_queue_size:
             connection.pause_reading()
         waiters, self._connected_waiters = self._connected_waiters, []
         for waiter in waiters:
             waiter.callback(self)
 
-    def message_received(self, connection: SpearProtocol, message: SpearMessage) -> None:
+    def message_received(self, connection: SpearSessionProtocol, message: SpearMessage) -> None:
         if message.message_type in _RESPONSE_TYPES and self._answer(message):
             return
         if self._receivers:
             self._receivers.popleft().callback(message)
             return
-        self._queue.append(message)
-        if len(self._queue) >= self.config.receive_queue_size:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(message)
+        if len(queue) >= self.config.receive_queue_size:
             connection.pause_reading()
 
     def _answer(self, message: SpearMessage) -> bool:
@@ -252,8 +349,8 @@ class Channel(Factory):
                 )
                 return True
             return False
-        if pending.timer is not None and pending.timer.active():
-            pending.timer.cancel()
+        pending.done = True
+        self._drop_stale_deadlines()
         self._latency.add(self.clock.seconds() - pending.started)
         if error is not None:
             pending.deferred.errback(error)
@@ -261,20 +358,19 @@ class Channel(Factory):
             pending.deferred.callback(message)
         return True
 
-    def connection_done(self, connection: SpearProtocol, error: SpearError | None) -> None:
+    def connection_done(self, connection: SpearSessionProtocol, error: SpearError | None) -> None:
         if connection is not self._connection:
             # An agent-side connection that never authenticated.
             self.connection_lost_before_auth(connection, error)
             return
         self._connection = None
-        for name in self._totals:
-            self._totals[name] += getattr(connection, name)
+        self._totals.add(connection)
         if error is not None:
             self._connection_errors += 1
         pending, self._pending = self._pending, {}
+        self._stop_deadlines()
         for request_id, entry in pending.items():
-            if entry.timer is not None and entry.timer.active():
-                entry.timer.cancel()
+            entry.done = True
             reason = f": {error.message}" if error is not None else ""
             entry.deferred.errback(
                 ConnectionLost(
@@ -294,7 +390,7 @@ class Channel(Factory):
             return defer.succeed(self)
         if self._closed:
             return defer.fail(self._closed_error())
-        waiter: Deferred[ICommunicationChannel] = Deferred(lambda d: self._forget(self._connected_waiters, d))
+        waiter: Deferred[ICommunicationChannel] = Deferred(self._forget_connected_waiter)
         self._connected_waiters.append(waiter)
         return waiter
 
@@ -305,14 +401,17 @@ class Channel(Factory):
         return connection.send_message(message)
 
     def receive(self) -> Deferred[SpearMessage]:
-        if self._queue:
-            message = self._queue.popleft()
-            if self._connection is not None and len(self._queue) <= self.config.receive_queue_size // 2:
+        queue = self._queue
+        if queue:
+            message = queue.popleft()
+            if self._connection is not None and len(queue) <= self.config.receive_queue_size // 2:
                 self._connection.resume_reading()
             return defer.succeed(message)
         if self._closed:
             return defer.fail(self._closed_error())
-        waiter: Deferred[SpearMessage] = Deferred(lambda d: self._forget(self._receivers, d))
+        waiter: Deferred[SpearMessage] = Deferred(self._forget_receiver)
+        if self._receivers is None:
+            self._receivers = deque()
         self._receivers.append(waiter)
         return waiter
 
@@ -326,20 +425,23 @@ class Channel(Factory):
             return defer.fail(connection)
         request_id = self._allocate_request_id()
         message = message.with_request_id(request_id)
-        waiter: Deferred[SpearMessage] = Deferred(lambda d: self._cancel_request(request_id))
-        entry = _Pending(waiter, self.clock.seconds())
+        entry = _Pending(request_id, self.clock.seconds(), timeout)
+        waiter: Deferred[SpearMessage] = Deferred(lambda _: self._cancel_request(entry))
+        entry.deferred = waiter
         self._pending[request_id] = entry
-        entry.timer = self.clock.callLater(timeout, self._request_timed_out, request_id, timeout)
-        connection.send_message(message).addErrback(self._send_failed, request_id)
+        self._add_deadline(entry)
+        sending = connection.send_or_queue(message)
+        if sending is not None:
+            sending.addErrback(self._send_failed, entry)
         return waiter
 
     def get_stats(self) -> ChannelStats:
-        totals = dict(self._totals)
+        totals = _Totals()
+        totals.add(self._totals)
         connection = self._connection
         uptime = 0.0
         if connection is not None:
-            for name in totals:
-                totals[name] += getattr(connection, name)
+            totals.add(connection)
             if connection.authenticated and connection.authenticated_at is not None:
                 uptime = self.clock.seconds() - connection.authenticated_at
         mean, p50, p99 = self._latency.summary()
@@ -351,14 +453,17 @@ class Channel(Factory):
             timeout_errors=self._timeout_errors,
             late_responses=self._late_responses,
             outstanding_requests=len(self._pending),
-            queued_messages=len(self._queue),
+            queued_messages=0 if self._queue is None else len(self._queue),
             latency_samples=len(self._latency),
             latency_mean=mean,
             latency_p50=p50,
             latency_p99=p99,
             uptime=uptime,
             connections=self._connections,
-            **totals,
+            messages_sent=totals.messages_sent,
+            messages_received=totals.messages_received,
+            bytes_sent=totals.bytes_sent,
+            bytes_received=totals.bytes_received,
         )
 
     def close(self) -> Deferred[None]:
@@ -366,8 +471,8 @@ class Channel(Factory):
             return _chain(self._close_done)
         self._closed = True
         error = self._closed_error()
-        waiters: list[Deferred[Any]] = [*self._receivers, *self._connected_waiters]
-        self._receivers.clear()
+        waiters: list[Deferred[Any]] = [*(self._receivers or ()), *self._connected_waiters]
+        self._receivers = None
         self._connected_waiters = []
         for waiter in waiters:
             waiter.errback(error)
@@ -377,6 +482,8 @@ class Channel(Factory):
         if self._connection is not None:
             connections.add(self._connection)
         steps += [connection.close("channel closed") for connection in connections]
+        if not self._pending:
+            self._stop_deadlines()
         done = defer.DeferredList(steps, consumeErrors=True)
         self._close_done = done.addCallback(lambda _: None)
         self.log.debug("Channel {instance_id} closed", instance_id=str(self.instance_id))
@@ -388,7 +495,7 @@ class Channel(Factory):
         return self._closed
 
     @property
-    def connection(self) -> SpearProtocol | None:
+    def connection(self) -> SpearSessionProtocol | None:
         """The current connection, authenticated or not yet."""
         return self._connection
 
@@ -405,9 +512,8 @@ class Channel(Factory):
         """
         if self._closed:
             return defer.fail(self._closed_error())
-        connecting = endpoint.connect(self)
-        connecting.addCallback(lambda connection: connection.when_ready())
-        return connecting.addCallback(lambda _: self)
+        ready = endpoint.connect(self).addCallback(_when_ready)
+        return ready.addCallback(lambda _: self)
 
     def add_port(self, port: IListeningPort) -> None:
         """Own ``port``: it stops listening when the channel closes."""
@@ -425,7 +531,7 @@ class Channel(Factory):
     def _closed_error(self) -> ConnectionClosed:
         return ConnectionClosed("the channel is closed", instance_id=self.instance_id)
 
-    def _live_connection(self, request_id: int | None) -> SpearProtocol | SpearError:
+    def _live_connection(self, request_id: int | None) -> SpearSessionProtocol | SpearError:
         if self._closed:
             error: SpearError = self._closed_error()
         elif self._connection is None or not self._connection.authenticated:
@@ -444,31 +550,93 @@ class Channel(Factory):
             if request_id not in self._pending:
                 return request_id
 
-    def _request_timed_out(self, request_id: int, timeout: float) -> None:
-        entry = self._pending.pop(request_id, None)
-        if entry is None:
-            return
-        entry.timer = None
+    # -- request deadlines: one timer per channel ------------------------------------------------------
+
+    def _add_deadline(self, entry: _Pending) -> None:
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (entry.deadline, next(self._deadline_sequence), entry))
+        # The timer is at the earliest deadline (or before it: a stale entry
+        # may be the earliest, and firing early only rearms).
+        delay = max(0.0, deadlines[0][0] - entry.started)
+        timer = self._deadline_timer
+        if timer is None:
+            self._deadline_timer = self.clock.callLater(delay, self._deadlines_due)
+        elif deadlines[0][0] < timer.getTime():
+            # A shorter timeout than those already running.
+            timer.reset(delay)
+
+    def _drop_stale_deadlines(self) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].done:
+            heapq.heappop(deadlines)
+        # Answers out of order leave stale entries below a live one: sweep
+        # them when they outnumber the live, so the heap stays bounded.
+        if len(deadlines) > 2 * len(self._pending) + 64:
+            self._deadlines = [item for item in deadlines if not item[2].done]
+            heapq.heapify(self._deadlines)
+
+    def _deadlines_due(self) -> None:
+        """The timer: fail every request whose deadline has come, rearm for the next."""
+        self._deadline_timer = None
+        now = self.clock.seconds()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][2].done or deadlines[0][0] <= now):
+            _, _, entry = heapq.heappop(deadlines)
+            if not entry.done:
+                self._request_timed_out(entry)
+        # The timer stays armed while anything is outstanding (a request that
+        # times out may have triggered others).
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].done:
+            heapq.heappop(deadlines)
+        if deadlines and self._deadline_timer is None:
+            self._deadline_timer = self.clock.callLater(
+                max(0.0, deadlines[0][0] - self.clock.seconds()), self._deadlines_due
+            )
+
+    def _stop_deadlines(self) -> None:
+        self._deadlines = []
+        timer, self._deadline_timer = self._deadline_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _request_timed_out(self, entry: _Pending) -> None:
+        entry.done = True
+        if self._pending.get(entry.request_id) is entry:
+            del self._pending[entry.request_id]
         self._timeout_errors += 1
         entry.deferred.errback(
             RequestTimeout(
-                f"no response within {timeout:g} s", instance_id=self.instance_id, request_id=request_id
+                f"no response within {entry.timeout:g} s",
+                instance_id=self.instance_id,
+                request_id=entry.request_id,
             )
         )
 
-    def _cancel_request(self, request_id: int) -> None:
-        entry = self._pending.pop(request_id, None)
-        if entry is not None and entry.timer is not None and entry.timer.active():
-            entry.timer.cancel()
+    def _cancel_request(self, entry: _Pending) -> None:
+        if entry.done:
+            return
+        entry.done = True
+        if self._pending.get(entry.request_id) is entry:
+            del self._pending[entry.request_id]
+        self._drop_stale_deadlines()
 
-    def _send_failed(self, failure: Any, request_id: int) -> None:
-        entry = self._pending.pop(request_id, None)
-        if entry is None:
+    def _send_failed(self, failure: Any, entry: _Pending) -> None:
+        if entry.done:
             return None
-        if entry.timer is not None and entry.timer.active():
-            entry.timer.cancel()
+        entry.done = True
+        if self._pending.get(entry.request_id) is entry:
+            del self._pending[entry.request_id]
+        self._drop_stale_deadlines()
         entry.deferred.errback(failure)
         return None
+
+    def _forget_receiver(self, waiter: Deferred[SpearMessage]) -> None:
+        if self._receivers is not None:
+            self._forget(self._receivers, waiter)
+
+    def _forget_connected_waiter(self, waiter: Deferred[ICommunicationChannel]) -> None:
+        self._forget(self._connected_waiters, waiter)
 
     @staticmethod
     def _forget(waiters: Any, waiter: Deferred[Any]) -> None:
@@ -480,6 +648,13 @@ class Channel(Factory):
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else ("closed" if self._closed else "waiting")
         return f"<{type(self).__name__} {self.instance_id} {state}>"
+
+
+def _when_ready(connection: IProtocol) -> Deferred[SpearSessionProtocol]:
+    # The endpoint connected with the protocol this channel's buildProtocol made.
+    if not isinstance(connection, SpearSessionProtocol):
+        raise TypeError(f"expected a SpearSessionProtocol, not {type(connection).__name__}")
+    return connection.when_ready()
 
 
 def _chain(done: Deferred[None]) -> Deferred[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -47,6 +48,10 @@ def _optional_tuple(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
+def _optional_uids(value: Iterable[int] | None) -> frozenset[int] | None:
+    return None if value is None else frozenset(value)
+
+
 @attrs.frozen
 class ChannelConfig:
     """
@@ -78,9 +83,7 @@ class ChannelConfig:
     idle_timeout: float | None = attrs.field(default=None, validator=_positive)
     max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive)
     max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=_positive)
-    allowed_uids: frozenset[int] | None = attrs.field(
-        default=None, converter=lambda v: None if v is None else frozenset(v)
-    )
+    allowed_uids: frozenset[int] | None = attrs.field(default=None, converter=_optional_uids)
 
     def session_config(self) -> SessionConfig:
         """The wire session's share of these settings."""

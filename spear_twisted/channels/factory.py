@@ -183,7 +183,7 @@ class CommunicationFactory:
         self, runtime_type: RuntimeType, config: ChannelConfig | None = None
     ) -> Deferred[Channel]:
         """A channel for a fresh instance id of ``runtime_type`` (kept for older callers)."""
-        return self.create_channel_for_instance(RuntimeInstanceId.generate(runtime_type), config)  # type: ignore[no-any-return]
+        return self.create_channel_for_instance(RuntimeInstanceId.generate(runtime_type), config)
 
     def get_or_create_channel(
         self, instance_id: RuntimeInstanceId, config: ChannelConfig | None = None
@@ -201,7 +201,7 @@ class CommunicationFactory:
             self.log.info("Replacing disconnected channel of {instance_id}", instance_id=str(instance_id))
             channel.close()
         self._channels.pop(instance_id, None)
-        return self.create_channel_for_instance(instance_id, config)  # type: ignore[no-any-return]
+        return self.create_channel_for_instance(instance_id, config)
 
     def register_channel(self, channel: Channel) -> None:
         """Pool a channel made elsewhere (for example by a ConnectionManager)."""

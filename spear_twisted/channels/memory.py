@@ -36,12 +36,9 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
-    CannotListenError,
-    ConnectingCancelledError,
     ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
-    ConnectionRefusedError,
 )
 from twisted.internet.interfaces import (
     IAddress,
@@ -49,6 +46,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IProducer,
+    IProtocol,
     IProtocolFactory,
     IPushProducer,
     IReactorTime,
@@ -56,10 +54,18 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from spear_twisted.channels._twisted import (
+    Producer,
+    as_producer,
+    cannot_listen_error,
+    connecting_cancelled_error,
+    connection_refused_error,
+    failure,
+)
 
 #: Buffered bytes above which the writer's streaming producer is paused.
 HIGH_WATER = 64 * 1024
@@ -94,11 +100,11 @@ class MemoryTransport:
         on_lost: Callable[[], object] | None = None,
     ) -> None:
         self.hub = hub
-        self.protocol: Protocol | None = None
+        self.protocol: IProtocol | None = None
         self.connected = False
         self.disconnecting = False
         self.disconnected = False
-        self.producer: IProducer | None = None
+        self.producer: Producer | None = None
         self.streamingProducer = False
         self.producerPaused = False
         self._host = host
@@ -165,7 +171,7 @@ class MemoryTransport:
             return
         self._shut()
         self.hub.reactor.callLater(
-            0, self._lose_both, Failure(ConnectionAborted()), Failure(ConnectionLost())
+            0, self._lose_both, failure(ConnectionAborted()), failure(ConnectionLost())
         )
 
     def getPeer(self) -> MemoryAddress:
@@ -188,11 +194,11 @@ class MemoryTransport:
         if self.disconnected:
             producer.stopProducing()
             return
-        self.producer = producer
+        self.producer = as_producer(producer)
         self.streamingProducer = bool(streaming)
         self.producerPaused = False
         if not streaming:
-            producer.resumeProducing()
+            as_producer(producer).resumeProducing()
 
     def unregisterProducer(self) -> None:
         """Forget the producer; a pending ``loseConnection`` may now finish."""
@@ -303,7 +309,7 @@ class MemoryTransport:
             # producer resumed above that wrote nothing does not hang the close.
             if self.producer is None or (self.streamingProducer and not self.producerPaused):
                 self._shut()
-                self._lose_both(Failure(ConnectionDone()), Failure(ConnectionDone()))
+                self._lose_both(failure(ConnectionDone()), failure(ConnectionDone()))
 
     # -- closing ------------------------------------------------------------------------------------
 
@@ -312,10 +318,10 @@ class MemoryTransport:
         try:
             call(*args)
         except Exception:
-            failure = Failure()
-            _log.failure("Unhandled error in memory connection {transport!r}", failure, transport=owner)
+            reason = failure()
+            _log.failure("Unhandled error in memory connection {transport!r}", reason, transport=owner)
             owner._shut()
-            owner._lose_both(failure, Failure(ConnectionLost()))
+            owner._lose_both(reason, failure(ConnectionLost()))
             return False
         return True
 
@@ -417,17 +423,17 @@ class MemoryHub:
         port.startListening()
         return port
 
-    def connect(self, name: str, factory: IProtocolFactory) -> Deferred[Protocol]:
+    def connect(self, name: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
         """
         Connect to ``name`` on the next turn; fires with the client protocol,
         or fails with ``ConnectionRefusedError``.
         """
 
-        def cancel(connecting: Deferred[Protocol]) -> None:
+        def cancel(connecting: Deferred[IProtocol]) -> None:
             call.cancel()
-            connecting.errback(ConnectingCancelledError(MemoryAddress(name, "server", 0)))
+            connecting.errback(connecting_cancelled_error(MemoryAddress(name, "server", 0)))
 
-        connecting: Deferred[Protocol] = Deferred(cancel)
+        connecting: Deferred[IProtocol] = Deferred(cancel)
         # Like a socket's connect, the protocols are made on a later turn, not
         # inside the caller.
         call = self.reactor.callLater(0, self._try_establish, name, factory, connecting)
@@ -439,7 +445,7 @@ class MemoryHub:
 
     def _register(self, port: MemoryListeningPort) -> None:
         if port.name in self._ports:
-            raise CannotListenError(
+            raise cannot_listen_error(
                 None, port.name, OSError(errno.EADDRINUSE, f"memory name {port.name!r} is in use")
             )
         self._ports[port.name] = port
@@ -448,7 +454,7 @@ class MemoryHub:
         if self._ports.get(port.name) is port:
             del self._ports[port.name]
 
-    def _try_establish(self, name: str, factory: IProtocolFactory, connecting: Deferred[Protocol]) -> None:
+    def _try_establish(self, name: str, factory: IProtocolFactory, connecting: Deferred[IProtocol]) -> None:
         try:
             self._establish(name, factory, connecting)
         except Exception:
@@ -459,10 +465,10 @@ class MemoryHub:
             else:
                 raise
 
-    def _establish(self, name: str, factory: IProtocolFactory, connecting: Deferred[Protocol]) -> None:
+    def _establish(self, name: str, factory: IProtocolFactory, connecting: Deferred[IProtocol]) -> None:
         port = self._ports.get(name)
         if port is None:
-            connecting.errback(ConnectionRefusedError(f"nothing listens on memory name {name!r}"))
+            connecting.errback(connection_refused_error(f"nothing listens on memory name {name!r}"))
             return
         connection_id = next(self._connection_ids)
         server_address = MemoryAddress(name, "server", connection_id)
@@ -473,7 +479,7 @@ class MemoryHub:
             _log.failure("Server factory of memory name {name!r} failed to build a protocol", name=name)
             server_protocol = None
         if server_protocol is None:
-            connecting.errback(ConnectionRefusedError(f"memory name {name!r} refused the connection"))
+            connecting.errback(connection_refused_error(f"memory name {name!r} refused the connection"))
             return
         # As a TCP connector does, the client factory is started for the
         # connection's life.
@@ -486,7 +492,7 @@ class MemoryHub:
             return
         if client_protocol is None:
             factory.doStop()
-            connecting.errback(ConnectionRefusedError(f"the client factory refused memory name {name!r}"))
+            connecting.errback(connection_refused_error(f"the client factory refused memory name {name!r}"))
             return
 
         server = MemoryTransport(self, server_address, client_address)
@@ -497,7 +503,7 @@ class MemoryHub:
 
         server._made = True
         if not server._guarded(server, server_protocol.makeConnection, server):
-            connecting.errback(ConnectionRefusedError(f"memory name {name!r} failed to accept"))
+            connecting.errback(connection_refused_error(f"memory name {name!r} failed to accept"))
             return
         client._made = True
         if not client._guarded(client, client_protocol.makeConnection, client):
@@ -531,7 +537,7 @@ class MemoryClientEndpoint:
     hub: MemoryHub
     name: str
 
-    def connect(self, factory: IProtocolFactory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         """Connect; fails with ``ConnectionRefusedError`` if nothing listens."""
         return self.hub.connect(self.name, factory)
 

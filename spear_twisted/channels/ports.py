@@ -10,6 +10,8 @@ from typing import Any
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
+from spear_twisted.channels._twisted import cannot_listen_error
+
 # Where the next search of each (host, range) starts, so that successive
 # listeners do not all retry the ports taken by the ones before them.
 _cursor: dict[tuple[str, int, int], int] = {}
@@ -44,7 +46,7 @@ def listen_in_range(
         with _cursor_lock:
             _cursor[key] = (offset + 1) % size
         return listening
-    raise CannotListenError(
+    raise cannot_listen_error(
         host, f"{low}-{high}", OSError(errno.EADDRINUSE, "every port of the range is in use")
     )
 
@@ -60,6 +62,7 @@ def listen_tcp_in_range(
     """:func:`listen_in_range` with plain TCP on ``host``."""
 
     def listen_on(port: int) -> IListeningPort:
-        return reactor.listenTCP(port, factory, backlog=backlog, interface=host)  # type: ignore[no-any-return]
+        listening: IListeningPort = reactor.listenTCP(port, factory, backlog=backlog, interface=host)
+        return listening
 
     return listen_in_range(listen_on, host=host, port_range=port_range)

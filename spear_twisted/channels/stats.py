@@ -14,14 +14,20 @@ LATENCY_WINDOW = 1024
 class LatencyWindow:
     """The latest ``size`` round-trip times, for mean and percentiles."""
 
+    __slots__ = ("_samples", "_size")
+
     def __init__(self, size: int = LATENCY_WINDOW) -> None:
-        self._samples: deque[float] = deque(maxlen=size)
+        self._size = size
+        # Made on the first sample: an idle channel holds no window.
+        self._samples: deque[float] | None = None
 
     def add(self, seconds: float) -> None:
+        if self._samples is None:
+            self._samples = deque(maxlen=self._size)
         self._samples.append(seconds)
 
     def __len__(self) -> int:
-        return len(self._samples)
+        return 0 if self._samples is None else len(self._samples)
 
     def summary(self) -> tuple[float, float, float]:
         """``(mean, p50, p99)`` in seconds over the window; zeros when empty."""

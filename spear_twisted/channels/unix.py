@@ -20,9 +20,9 @@ from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import CannotListenError
 
+from spear_twisted.channels._twisted import cannot_listen_error, unix_client_endpoint
 from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelAddress
 from spear_twisted.wire import RuntimeInstanceId
@@ -87,7 +87,7 @@ def clear_stale_socket(path: str) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISSOCK(info.st_mode):
-        raise CannotListenError(
+        raise cannot_listen_error(
             None, path, OSError(errno.EEXIST, "a file that is not a socket is in the way")
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -104,7 +104,7 @@ def clear_stale_socket(path: str) -> bool:
         pass  # the listener's backlog is full: it is alive
     finally:
         probe.close()
-    raise CannotListenError(None, path, OSError(errno.EADDRINUSE, "a live process listens on this socket"))
+    raise cannot_listen_error(None, path, OSError(errno.EADDRINUSE, "a live process listens on this socket"))
 
 
 class UnixChannel(Channel):
@@ -135,7 +135,7 @@ class UnixChannel(Channel):
     def connect_to(self, path: str) -> Deferred[Channel]:
         """Dial the Unix socket at ``path``; fires once authenticated."""
         self.address = ChannelAddress("unix", path=path)
-        endpoint = UNIXClientEndpoint(self.reactor, path, timeout=self.config.connect_timeout)
+        endpoint = unix_client_endpoint(self.reactor, path, timeout=self.config.connect_timeout)
         return self.connect(endpoint)
 
 

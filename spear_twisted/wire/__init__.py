@@ -5,7 +5,9 @@ Nothing in this package imports Twisted; the Twisted protocols and the
 asyncio agent both drive it.
 """
 
-from spear_twisted.wire.codec import converter, decode_body, decode_message, encode_body
+from typing import TYPE_CHECKING, Any
+
+from spear_twisted.wire.codec import decode_body, decode_message, encode_body, get_converter
 from spear_twisted.wire.constants import (
     AUTH_TIMEOUT,
     CONNECTION_TIMEOUT,
@@ -58,6 +60,17 @@ from spear_twisted.wire.session import (
     TimedOut,
     Violation,
 )
+
+if TYPE_CHECKING:
+    from spear_twisted.wire.codec import converter
+
+
+def __getattr__(name: str) -> Any:
+    # The cattrs converter is built (and cattrs imported) on first use.
+    if name == "converter":
+        return get_converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AUTH_TIMEOUT",
@@ -112,4 +125,5 @@ __all__ = [
     "decode_message",
     "encode_body",
     "encode_frame",
+    "get_converter",
 ]

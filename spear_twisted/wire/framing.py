@@ -4,10 +4,11 @@ Length-prefixed framing (PROTOCOL.md section 1), sans-IO.
 :func:`encode_frame` puts the 4-byte big-endian length in front of a body;
 :class:`FrameDecoder` takes bytes in any chunking and returns whole bodies.
 
-Reassembly is linear in the bytes received: a frame's pieces are appended to
-one growing buffer and copied out once, so a 64 MiB frame arriving in 64 KiB
-reads costs one pass, not the quadratic rebuild of Twisted's
-``IntNStringReceiver``.  A length above the limit is refused as soon as the
+Reassembly is linear in the bytes received: a small frame's pieces are
+appended to one buffer and copied out once; a large frame's pieces are kept as
+they arrive and joined once when the last one comes.  So a 64 MiB frame
+arriving in 64 KiB reads costs one copy, not the quadratic rebuild of
+Twisted's ``IntNStringReceiver``.  A length above the limit is refused as soon as the
 prefix is read, before any of its body is kept.
 """
 
@@ -19,6 +20,9 @@ from spear_twisted.errors import EmptyFrame, FrameError, FrameTooLarge, Truncate
 from spear_twisted.wire.constants import FRAME_HEADER_SIZE, MAX_MESSAGE_SIZE
 
 _HEADER = struct.Struct(">I")
+
+#: Frames at least this long are reassembled from their pieces, joined once.
+_LARGE_FRAME = 1024 * 1024
 
 #: Largest length the 4-byte prefix can express.
 MAX_FRAME_LENGTH = 2**32 - 1
@@ -49,6 +53,8 @@ class FrameDecoder:
     has not been read yet.
     """
 
+    __slots__ = ("_buffer", "_expected", "_have", "_pieces", "error", "max_message_size")
+
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be at least 1")
@@ -56,10 +62,15 @@ class FrameDecoder:
         self.error: FrameError | None = None
         self._buffer = bytearray()
         self._expected: int | None = None  # body length of the frame being read
+        # The body of a large frame, as received so far (see _LARGE_FRAME).
+        self._pieces: list[bytes] | None = None
+        self._have = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held for the frame being read (prefix included)."""
+        if self._pieces is not None:
+            return FRAME_HEADER_SIZE + self._have
         return len(self._buffer)
 
     @property
@@ -71,8 +82,15 @@ class FrameDecoder:
         """Take ``data``; return every body it completes."""
         if self.error is not None or not data:
             return []
+        if self._pieces is not None:
+            return self._feed_large(data)
         buffer = self._buffer
         if not buffer:
+            # The common case of a small message: exactly one whole frame.
+            if len(data) > FRAME_HEADER_SIZE:
+                (length,) = _HEADER.unpack_from(data)
+                if len(data) - FRAME_HEADER_SIZE == length <= self.max_message_size:
+                    return [bytes(data[FRAME_HEADER_SIZE:])]
             return self._feed_fresh(data)
         expected = self._expected
         if expected is not None and len(buffer) + len(data) < FRAME_HEADER_SIZE + expected:
@@ -85,6 +103,23 @@ class FrameDecoder:
         with memoryview(buffer) as view:
             offset = self._drain(view, frames)
         del buffer[:offset]
+        return frames
+
+    def _feed_large(self, data: bytes) -> list[bytes]:
+        pieces = self._pieces
+        assert pieces is not None and self._expected is not None
+        need = self._expected - self._have
+        if len(data) < need:
+            pieces.append(bytes(data))
+            self._have += len(data)
+            return []
+        pieces.append(bytes(data[:need]))
+        frames = [b"".join(pieces)]
+        self._pieces = None
+        self._have = 0
+        self._expected = None
+        if len(data) > need:
+            frames.extend(self.feed(data[need:]))
         return frames
 
     def _feed_fresh(self, data: bytes) -> list[bytes]:
@@ -125,6 +160,11 @@ class FrameDecoder:
             end = offset + FRAME_HEADER_SIZE + length
             if end > size:
                 self._expected = length
+                if length >= _LARGE_FRAME:
+                    # Keep the body's pieces as they come; join them once.
+                    self._pieces = [bytes(data[offset + FRAME_HEADER_SIZE : size])]
+                    self._have = size - offset - FRAME_HEADER_SIZE
+                    return size
                 return offset
             frames.append(bytes(data[offset + FRAME_HEADER_SIZE : end]))
             offset = end
@@ -134,14 +174,15 @@ class FrameDecoder:
     def _fail(self, error: FrameError) -> None:
         self.error = error
         self._buffer = bytearray()
+        self._pieces = None
 
     def end(self) -> FrameError | None:
         """
         The byte stream has ended: the error that stopped decoding, a
         :class:`TruncatedFrame` if a frame was cut short, or ``None``.
         """
-        if self.error is None and self._buffer:
-            received = len(self._buffer)
+        if self.error is None and self.buffered:
+            received = self.buffered
             expected = self._expected
             if expected is None:
                 detail = f"{received} of the {FRAME_HEADER_SIZE} length bytes"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import secrets
 
 import attrs
 
@@ -86,6 +85,8 @@ class RuntimeInstanceId:
     @classmethod
     def generate(cls, runtime_type: RuntimeType, prefix: str = "instance") -> RuntimeInstanceId:
         """A fresh id of ``runtime_type`` that no other call returns."""
+        import secrets  # here: an agent that never generates ids does not pay for it
+
         return cls(runtime_type, f"{prefix}-{secrets.token_hex(8)}")
 
     def _key(self) -> tuple[str, str]:

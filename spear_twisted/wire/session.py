@@ -228,6 +228,25 @@ _APPLICATION_MESSAGES = {
 class Session:
     """One connection's protocol state; see the module docstring."""
 
+    # Slots: a spearlet holds one session per connection, thousands of them.
+    __slots__ = (
+        "_application",
+        "_auth_deadline",
+        "_auth_request_id",
+        "auth_request",
+        "close_reason",
+        "config",
+        "connected_at",
+        "heartbeats_received",
+        "heartbeats_sent",
+        "last_activity",
+        "last_received",
+        "last_sent",
+        "role",
+        "session_id",
+        "state",
+    )
+
     def __init__(self, role: Role, config: SessionConfig | None = None, *, now: float) -> None:
         self.role = role
         self.config = config or SessionConfig()
