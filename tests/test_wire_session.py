@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spear_twisted.errors import (
@@ -132,7 +133,7 @@ class SpearletHandshakeTests(SessionTestCase):
         session = Session(Role.SPEARLET, now=0.0)
         event = self.only(session.receive(auth_request(77), 1.0), AuthRequested)
         self.assertEqual(event, AuthRequested(77, CREDENTIALS))
-        self.assertEqual(session.auth_request, CREDENTIALS)
+        self.assertEqual(session.auth_request, attrs.evolve(CREDENTIALS, token=""))
         self.assertIs(session.state, SessionState.AWAITING_AUTH)
         self.assertFalse(session.authenticated)
 
@@ -627,3 +628,19 @@ class ConfigTests(SynchronousTestCase):
             Deadlines(auth=None, heartbeat_send=5.0, heartbeat_timeout=3.0, idle=None).earliest(), 3.0
         )
         self.assertEqual(Deadlines(idle=1.0, heartbeat_send=2.0).earliest(), 1.0)
+
+
+class SessionForgetsTheTokenTests(SynchronousTestCase):
+    def test_the_session_keeps_the_auth_request_without_its_token(self) -> None:
+        """The gatekeeper gets the token once; the session does not hold it for the connection's life."""
+        session = Session(Role.SPEARLET, now=0.0)
+        request = AuthRequest("process:worker-1", "s3cret-token-value", "1.0", "python")
+        [event] = session.receive(SpearMessage.auth_request(1, request), 0.5)
+        assert isinstance(event, AuthRequested)
+        self.assertEqual(event.request.token, "s3cret-token-value")
+        assert session.auth_request is not None
+        self.assertEqual(session.auth_request.token, "")
+        self.assertEqual(
+            (session.auth_request.instance_id, session.auth_request.client_type),
+            ("process:worker-1", "python"),
+        )

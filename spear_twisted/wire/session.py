@@ -256,6 +256,9 @@ class Session:
         self.last_sent = now
         self.last_activity = now
         self.session_id: str | None = None
+        #: The peer's ``AuthRequest`` with its token blanked: a secret is not
+        #: kept for the life of the connection (the gatekeeper got it in
+        #: ``AuthRequested``).
         self.auth_request: AuthRequest | None = None
         self.close_reason: str | None = None
         self.heartbeats_sent = 0
@@ -357,7 +360,7 @@ class Session:
             self.state = SessionState.CLOSING
             return [AuthRequestInvalid(message.request_id, error)]
         assert isinstance(request, AuthRequest)
-        self.auth_request = request
+        self.auth_request = attrs.evolve(request, token="")
         return [AuthRequested(message.request_id, request)]
 
     def _receive_before_auth_agent(self, message: SpearMessage) -> list[SessionEvent]:
