@@ -1,0 +1,274 @@
+"""
+Helpers shared by the gRPC bridge tests (``tests/test_bridge_*.py``).
+
+The server runs in the trial reactor on real loopback (or Unix) sockets; the
+client is the real grpcio, whose calls block or run their own event loop, so
+every client call runs in a thread (:func:`in_thread`, :func:`run_aio`) and
+the reactor thread never blocks.  Time-driven server behaviour (deadlines,
+reset rates, shutdown grace) runs on an injected ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
+
+import grpc
+from twisted.internet import defer, threads
+from twisted.internet import reactor as real_reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IListeningPort
+from zope.interface import implementer
+
+from spear_twisted.bridge import spear_pb2 as pb
+from spear_twisted.bridge.auth import BearerTokenAuthenticator
+from spear_twisted.bridge.config import BridgeConfig
+from spear_twisted.bridge.contract import CONNECT_PATH, EXECUTE_PATH, STATUS_PATH
+from spear_twisted.bridge.methods import CallContext, IBridgeBackend, IConnectHandler
+from spear_twisted.bridge.server import BridgeServer, make_spear_bridge
+from spear_twisted.errors import UnknownTask
+
+T = TypeVar("T")
+
+#: The token of the test caller ``alice``.
+ALICE_TOKEN = "alice-secret-token"
+
+#: Metadata presenting ``alice``'s token.
+ALICE = (("authorization", f"Bearer {ALICE_TOKEN}"),)
+
+#: Generous real-time limit for a client call in a test (2 shared cores).
+CALL_TIMEOUT = 60.0
+
+
+def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+    """Run a blocking grpcio call in the reactor's thread pool."""
+    return threads.deferToThread(function, *args, **kwargs)
+
+
+def run_aio(make: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
+    """Run a ``grpc.aio`` coroutine in its own event loop, in a thread."""
+    return threads.deferToThread(lambda: asyncio.run(make()))
+
+
+# -- the server side ---------------------------------------------------------------------
+
+
+@implementer(IBridgeBackend)
+class EchoBackend:
+    """
+    A small real backend.
+
+    Tasks: ``echo`` answers with the input (or the command and args);
+    ``slow`` answers only when :meth:`release` is called, and records a
+    cancellation; ``big`` answers with ``int(args[0])`` bytes of output;
+    ``crash`` raises a bug; any other task is unknown.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[pb.ExecuteCall, CallContext]] = []
+        self.pending: list[Deferred[pb.ExecuteResult]] = []
+        self.cancelled = 0
+        self._started: list[Deferred[None]] = []
+        self._cancels: list[Deferred[None]] = []
+
+    def execute(self, call: pb.ExecuteCall, context: CallContext) -> Any:
+        self.calls.append((call, context))
+        if call.task_id == "echo":
+            if call.HasField("input"):
+                output = call.input.decode("utf-8", "backslashreplace")
+            else:
+                output = " ".join([call.command, *call.args])
+            return pb.ExecuteResult(
+                task_id="echo",
+                status=pb.EXECUTION_STATUS_COMPLETED,
+                output=output,
+                exit_code=0,
+                duration_ms=1,
+                instance_id="process:echo-1",
+            )
+        if call.task_id == "big":
+            return pb.ExecuteResult(
+                task_id="big", status=pb.EXECUTION_STATUS_COMPLETED, output="x" * int(call.args[0])
+            )
+        if call.task_id == "crash":
+            raise RuntimeError("a bug in the backend")
+        if call.task_id == "slow":
+            waiter: Deferred[pb.ExecuteResult] = Deferred(self._cancelled)
+            self.pending.append(waiter)
+            # After returning: the server must hold the Deferred before the test acts on it.
+            real_reactor.callLater(0, self._fire, self._started)
+            return waiter
+        raise UnknownTask(f"no task {call.task_id!r}")
+
+    def _cancelled(self, waiter: Deferred[Any]) -> None:
+        self.cancelled += 1
+        self._fire(self._cancels)
+
+    @staticmethod
+    def _fire(waiters: list[Deferred[None]]) -> None:
+        ready = list(waiters)
+        waiters.clear()
+        for waiter in ready:
+            waiter.callback(None)
+
+    def when_started(self, count: int = 1) -> Deferred[None]:
+        """Fires once ``count`` slow calls are pending."""
+        return self._until(lambda: len(self.pending) >= count, self._started)
+
+    def when_cancelled(self, count: int = 1) -> Deferred[None]:
+        """Fires once ``count`` slow calls were cancelled."""
+        return self._until(lambda: self.cancelled >= count, self._cancels)
+
+    @defer.inlineCallbacks
+    def _until(
+        self, condition: Callable[[], bool], waiters: list[Deferred[None]]
+    ) -> Generator[Any, Any, None]:
+        while not condition():
+            waiter: Deferred[None] = Deferred()
+            waiters.append(waiter)
+            yield waiter
+
+    def release(self, output: str = "released") -> None:
+        """Answer every pending slow call."""
+        pending, self.pending = self.pending, []
+        for waiter in pending:
+            if not waiter.called:
+                waiter.callback(
+                    pb.ExecuteResult(task_id="slow", status=pb.EXECUTION_STATUS_COMPLETED, output=output)
+                )
+
+    def status(self, request: pb.StatusRequest, context: CallContext) -> Deferred[pb.StatusReply]:
+        tasks = [pb.TaskStatus(task_id="echo", instances=1, ready_instances=1, executions=len(self.calls))]
+        if request.task_id:
+            tasks = [task for task in tasks if task.task_id == request.task_id]
+        return defer.succeed(
+            pb.StatusReply(server_version="spear_twisted/test", protocol_version=1, tasks=tasks)
+        )
+
+
+@implementer(IConnectHandler)
+class EchoConnect:
+    """Answers each ``Envelope`` of a ``Connect`` stream with itself, until the client ends."""
+
+    def __init__(self) -> None:
+        self.streams: list[Any] = []
+        self.errors: list[BaseException] = []
+
+    @defer.inlineCallbacks
+    def connect(self, stream: Any, context: CallContext) -> Generator[Deferred[Any], Any, None]:
+        self.streams.append(stream)
+        try:
+            while True:
+                envelope = yield stream.receive()
+                if envelope is None:
+                    return
+                yield stream.send(envelope)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.errors.append(e)
+            raise
+
+
+class ServerFixture:
+    """
+    A bridge server listening on loopback for one test; :meth:`stop` (a
+    cleanup) shuts it down and waits until every connection is gone.
+    """
+
+    def __init__(
+        self,
+        test: Any,
+        *,
+        backend: Any = None,
+        connect: Any = None,
+        config: BridgeConfig | None = None,
+        clock: Any = None,
+        authenticator: Any = "default",
+        server: BridgeServer | None = None,
+    ) -> None:
+        self.backend = backend if backend is not None else EchoBackend()
+        self.connect = connect if connect is not None else EchoConnect()
+        if authenticator == "default":
+            authenticator = BearerTokenAuthenticator({"alice": ALICE_TOKEN})
+        self.clock = clock
+        self.server = server or make_spear_bridge(
+            self.backend, self.connect, config=config, authenticator=authenticator, clock=clock
+        )
+        self.port: IListeningPort | None = None
+        test.addCleanup(self.stop)
+
+    def listen_tcp(self) -> str:
+        """Listen on 127.0.0.1, a free port; the grpcio target."""
+        self.port = real_reactor.listenTCP(0, self.server, interface="127.0.0.1")
+        return f"127.0.0.1:{self.port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def stop(self) -> Generator[Deferred[Any], Any, None]:
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        for connection in list(self.server.connections):
+            connection.abort()
+        lost = [connection.when_lost() for connection in list(self.server.connections)]
+        yield defer.DeferredList(lost)
+
+
+# -- the grpcio client side -----------------------------------------------------------------
+
+
+def execute_stub(channel: Any) -> Any:
+    return channel.unary_unary(
+        EXECUTE_PATH,
+        request_serializer=pb.ExecuteCall.SerializeToString,
+        response_deserializer=pb.ExecuteResult.FromString,
+    )
+
+
+def status_stub(channel: Any) -> Any:
+    return channel.unary_unary(
+        STATUS_PATH,
+        request_serializer=pb.StatusRequest.SerializeToString,
+        response_deserializer=pb.StatusReply.FromString,
+    )
+
+
+def connect_stub(channel: Any) -> Any:
+    return channel.stream_stream(
+        CONNECT_PATH,
+        request_serializer=pb.Envelope.SerializeToString,
+        response_deserializer=pb.Envelope.FromString,
+    )
+
+
+def raw_stub(channel: Any, path: str) -> Any:
+    """A unary method of ``path`` that sends and returns raw bytes."""
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+def rpc_failure(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+    """Run a sync grpcio ``call`` that must fail: its code, details and trailing metadata."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code(), e.details(), tuple(e.trailing_metadata() or ())
+    raise AssertionError("the call succeeded")
+
+
+class SyncClient:
+    """A grpcio channel to ``target`` kept for one test; every call goes through a thread."""
+
+    def __init__(self, test: Any, target: str, **options: Any) -> None:
+        self.channel = grpc.insecure_channel(target, **options)
+        test.addCleanup(lambda: in_thread(self.channel.close))
+        self.execute = execute_stub(self.channel)
+        self.status = status_stub(self.channel)
+        self.connect = connect_stub(self.channel)
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        return in_thread(function, *args, **kwargs)
+
+    def fails(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Fires with ``(code, details, trailing metadata)`` of a call that must fail."""
+        return in_thread(rpc_failure, lambda: function(*args, **kwargs))
