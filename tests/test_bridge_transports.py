@@ -162,7 +162,7 @@ class ServiceTests(TestCase):
         service.startService()
         ports = yield service.when_listening()
         self.assertEqual(len(ports), 3)
-        tcp, unix, tls = ports
+        tcp, _unix, tls = ports
         outputs = yield in_thread(
             lambda: [
                 insecure_echo(f"127.0.0.1:{tcp.getHost().port}", "tcp"),
