@@ -15,16 +15,24 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import hyperframe.frame
 from twisted.internet import defer, threads
 from twisted.internet import reactor as real_reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from spear_twisted.bridge import spear_pb2 as pb
 from spear_twisted.bridge.auth import BearerTokenAuthenticator
 from spear_twisted.bridge.config import BridgeConfig
 from spear_twisted.bridge.contract import CONNECT_PATH, EXECUTE_PATH, STATUS_PATH
+from spear_twisted.bridge.framing import frame_message
 from spear_twisted.bridge.methods import CallContext, IBridgeBackend, IConnectHandler
 from spear_twisted.bridge.server import BridgeServer, make_spear_bridge
 from spear_twisted.errors import UnknownTask
@@ -96,8 +104,7 @@ class EchoBackend:
         if call.task_id == "slow":
             waiter: Deferred[pb.ExecuteResult] = Deferred(self._cancelled)
             self.pending.append(waiter)
-            # After returning: the server must hold the Deferred before the test acts on it.
-            real_reactor.callLater(0, self._fire, self._started)
+            self._fire(self._started)
             return waiter
         raise UnknownTask(f"no task {call.task_id!r}")
 
@@ -107,10 +114,15 @@ class EchoBackend:
 
     @staticmethod
     def _fire(waiters: list[Deferred[None]]) -> None:
-        ready = list(waiters)
-        waiters.clear()
-        for waiter in ready:
-            waiter.callback(None)
+        # On the next reactor turn, not inside the server's call into the
+        # backend: the test must see the server as it is once that call is over.
+        def fire() -> None:
+            ready = list(waiters)
+            waiters.clear()
+            for waiter in ready:
+                waiter.callback(None)
+
+        real_reactor.callLater(0, fire)
 
     def when_started(self, count: int = 1) -> Deferred[None]:
         """Fires once ``count`` slow calls are pending."""
@@ -320,3 +332,187 @@ def self_signed_certificate(directory: str) -> tuple[str, str, bytes]:
     with open(key_path, "wb") as f:
         f.write(key_pem)
     return cert_path, key_path, cert_pem
+
+
+# -- a raw HTTP/2 client, for what grpcio never sends -----------------------------------------
+
+
+class RawH2Client(Protocol):
+    """
+    An HTTP/2 client on a real socket that sends whatever the test says
+    (requests grpcio would not make, resets, pings) and records what comes
+    back: every frame as parsed by hyperframe, headers, data, ends and resets
+    per stream.
+
+    Frames go to h2 until the server's first GOAWAY (h2 allows nothing to be
+    received after one); from then on this client reads them itself, and its
+    h2 still lets it send, as a peer whose requests cross the GOAWAY would.
+    ``deaf`` stops answering PINGs.  ``auto_ack`` gives window back as data
+    arrives.
+    """
+
+    def __init__(self, *, initial_window: int | None = None, auto_ack: bool = True) -> None:
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.initial_window = initial_window
+        self.auto_ack = auto_ack
+        self.deaf = False
+        self.after_goaway = False
+        self.frames: list[Any] = []
+        self.headers: dict[int, list[list[tuple[bytes, bytes]]]] = {}
+        self.data: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.resets: dict[int, int] = {}
+        self.made: Deferred[RawH2Client] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self.closed = False
+        self._buffer = b""
+        self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
+
+    def connectionMade(self) -> None:
+        self.h2.initiate_connection()
+        if self.initial_window is not None:
+            self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window})
+        self.flush()
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 9:
+            frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(self._buffer[:9]))
+            if len(self._buffer) < 9 + length:
+                break
+            raw, self._buffer = self._buffer[: 9 + length], self._buffer[9 + length :]
+            frame.parse_body(memoryview(raw[9:]))
+            self.frames.append(frame)
+            if isinstance(frame, hyperframe.frame.GoAwayFrame):
+                self.after_goaway = True
+            if self.after_goaway:
+                self._read_myself(frame)
+            else:
+                for event in self.h2.receive_data(raw):
+                    self._event(event)
+        self.flush()
+        self._check()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+        self._check()
+        self.lost.callback(None)
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+            self.headers.setdefault(event.stream_id, []).append(list(event.headers))
+        elif isinstance(event, h2.events.DataReceived):
+            self.data[event.stream_id] = self.data.get(event.stream_id, b"") + event.data
+            if self.auto_ack:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            self.ended.add(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self.resets[event.stream_id] = int(event.error_code)
+
+    def _read_myself(self, frame: Any) -> None:
+        stream_id = frame.stream_id
+        if isinstance(frame, hyperframe.frame.HeadersFrame):
+            block = self.h2.decoder.decode(bytes(frame.data), raw=True)
+            self.headers.setdefault(stream_id, []).append(list(block))
+        elif isinstance(frame, hyperframe.frame.DataFrame):
+            self.data[stream_id] = self.data.get(stream_id, b"") + bytes(frame.data)
+        elif isinstance(frame, hyperframe.frame.RstStreamFrame):
+            self.resets[stream_id] = frame.error_code
+        elif isinstance(frame, hyperframe.frame.PingFrame) and "ACK" not in frame.flags and not self.deaf:
+            assert self.transport is not None
+            self.transport.write(
+                hyperframe.frame.PingFrame(0, flags=["ACK"], opaque_data=frame.opaque_data).serialize()
+            )
+        if "END_STREAM" in frame.flags and isinstance(
+            frame, (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame)
+        ):
+            self.ended.add(stream_id)
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _check(self) -> None:
+        waiting, self._waiters = self._waiters, []
+        for condition, waiter in waiting:
+            if condition():
+                waiter.callback(None)
+            else:
+                self._waiters.append((condition, waiter))
+
+    def when(self, condition: Callable[[], bool]) -> Deferred[None]:
+        """Fires once ``condition()`` holds after something arrived (or at once)."""
+        if condition():
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((condition, waiter))
+        return waiter
+
+    # -- sending -------------------------------------------------------------------------
+
+    def request(
+        self,
+        path: str,
+        body: bytes | None = None,
+        *,
+        method: bytes = b"POST",
+        content_type: bytes | None = b"application/grpc",
+        extra: list[tuple[bytes, bytes]] | None = None,
+        end: bool = True,
+    ) -> int:
+        """Open a stream with a request; ``body`` is sent as DATA (framing is the caller's)."""
+        stream_id = self.h2.get_next_available_stream_id()
+        headers = [
+            (b":method", method),
+            (b":scheme", b"http"),
+            (b":path", path.encode()),
+            (b":authority", b"localhost"),
+            (b"te", b"trailers"),
+        ]
+        if content_type is not None:
+            headers.append((b"content-type", content_type))
+        headers += extra or []
+        self.h2.send_headers(stream_id, headers, end_stream=end and body is None)
+        if body is not None:
+            size = self.h2.max_outbound_frame_size
+            chunks = [body[offset : offset + size] for offset in range(0, len(body), size)] or [b""]
+            for index, chunk in enumerate(chunks):
+                self.h2.send_data(stream_id, chunk, end_stream=end and index == len(chunks) - 1)
+        self.flush()
+        return stream_id
+
+    def grpc(
+        self, path: str, message: Any, *, metadata: tuple[tuple[str, str], ...] = ALICE, end: bool = True
+    ) -> int:
+        """A gRPC request carrying ``message`` (a protobuf message)."""
+        extra = [(key.encode(), value.encode()) for key, value in metadata]
+        return self.request(path, frame_message(message.SerializeToString()), extra=extra, end=end)
+
+    def reset(self, stream_id: int, code: int = 8) -> None:
+        self.h2.reset_stream(stream_id, code)
+        self.flush()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def response_headers(self, stream_id: int) -> dict[bytes, bytes]:
+        """Every header field the stream received (response headers and trailers), by name."""
+        return {name: value for block in self.headers.get(stream_id, []) for name, value in block}
+
+    def frames_of(self, kind: type, stream_id: int | None = None) -> list[Any]:
+        return [
+            frame
+            for frame in self.frames
+            if isinstance(frame, kind) and (stream_id is None or frame.stream_id == stream_id)
+        ]
+
+
+def connect_raw_h2(port: int, **options: Any) -> Deferred[RawH2Client]:
+    """A :class:`RawH2Client` connected to 127.0.0.1:``port``; fires once connected."""
+    client = RawH2Client(**options)
+    endpoint = TCP4ClientEndpoint(real_reactor, "127.0.0.1", port)
+    return connectProtocol(endpoint, client).addCallback(lambda _: client.made)

@@ -64,7 +64,10 @@ class TLSTests(TestCase):
         port = yield endpoint.listen(self.fixture.server)
         self.fixture.port = port
         target = f"localhost:{port.getHost().port}"
-        output = yield in_thread(secure_echo, target, self.cert_pem, "over tls")
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.cert_pem)
+        channel = grpc.secure_channel(target, credentials)
+        self.addCleanup(in_thread, channel.close)
+        output = yield in_thread(echo_over, channel, "over tls")
         self.assertEqual(output, "over tls")
         connection = next(iter(self.fixture.server.connections))
         self.assertEqual(connection.transport.negotiatedProtocol, ALPN_H2)

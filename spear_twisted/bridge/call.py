@@ -254,14 +254,14 @@ class BridgeStream:
         call ended (``RequestCancelled``, ``ConnectionLost``,
         ``ConnectionClosed`` once the call has finished).
         """
-        if self._inbox:
-            message, size = self._inbox.popleft()
-            self._taken(size)
-            return defer.succeed(message)
         if self.gone is not None:
             return defer.fail(self.gone)
         if self.finished:
             return defer.fail(self._finished_error())
+        if self._inbox:
+            message, size = self._inbox.popleft()
+            self._taken(size)
+            return defer.succeed(message)
         if self.remote_ended:
             return defer.succeed(None)
         waiter: Deferred[Any] = Deferred(self._forget_receiver)
@@ -466,6 +466,13 @@ class BridgeStream:
         reply.  If the client is still sending, its stream is then reset with
         NO_ERROR so that it stops.  Idempotent.
         """
+        self._finish(error, metadata, cancel_work=False)
+
+    def _fail(self, error: GrpcError) -> None:
+        """End the call with ``error`` from outside the handler, and cancel the handler's work."""
+        self._finish(error, (), cancel_work=True)
+
+    def _finish(self, error: GrpcError | None, metadata: Metadata, *, cancel_work: bool) -> None:
         if not self.active:
             return
         self.finished = True
@@ -487,18 +494,17 @@ class BridgeStream:
         else:
             self.headers_sent = True
             self.outbox.append((HEADERS, ([*_RESPONSE_HEADERS, *trailers], True), None))
-        if not self.remote_ended:
-            self.outbox.append((RESET, NO_ERROR, None))
+        # Sent only if the client has not ended its side by then.
+        self.outbox.append((RESET, NO_ERROR, None))
+        if cancel_work:
+            # Before anyone hears of the end: the work is over when they do.
+            self._cancel_work()
+        self._drop_inbox()
         if not self._unary:
             self._deliver_end(self._finished_error())
         self.connection.call_finished(self)
         self._fire_done()
         self.connection.pump(self)
-
-    def _fail(self, error: GrpcError) -> None:
-        """End the call with ``error`` from outside the handler, and cancel the handler's work."""
-        self.finish(error)
-        self._cancel_work()
 
     def _finished_error(self) -> ConnectionClosed:
         name = self.status.name if self.status is not None else "?"
@@ -516,8 +522,7 @@ class BridgeStream:
         ]
         self.headers_sent = True
         self.outbox.append((HEADERS, (headers, True), None))
-        if not self.remote_ended:
-            self.outbox.append((RESET, NO_ERROR, None))
+        self.outbox.append((RESET, NO_ERROR, None))
         self.connection.call_finished(self)
         self.connection.pump(self)
 
@@ -538,6 +543,7 @@ class BridgeStream:
         self.gone = error
         self._cancel_timer()
         self._cancel_work()
+        self._drop_inbox()
         outbox, self.outbox = self.outbox, deque()
         for _kind, _payload, waiter in outbox:
             if waiter is not None:
@@ -547,6 +553,12 @@ class BridgeStream:
             self.status = StatusCode.CANCELLED
             self.connection.call_finished(self)
         self._fire_done()
+
+    def _drop_inbox(self) -> None:
+        """Nobody will read what is held: free it and give its window back."""
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._acknowledge()
 
     def _cancel_work(self) -> None:
         work, self._work = self._work, None

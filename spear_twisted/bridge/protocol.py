@@ -105,6 +105,7 @@ class BridgeProtocol(Protocol):
         )
         self.calls: dict[int, BridgeStream] = {}
         self._waiting: dict[int, BridgeStream] = {}  # calls with output held back
+        self._touched: dict[int, BridgeStream] = {}  # calls with output queued during a read
         self._receiving = False
         self._write_paused = False
         self._paused_bytes = 0
@@ -186,6 +187,11 @@ class BridgeProtocol(Protocol):
                     return
         finally:
             self._receiving = False
+        # Output queued while the read was handled goes now, once every event
+        # of the read is known (a client's END_STREAM makes a reset needless).
+        touched = self._touched
+        while touched and not self._lost:
+            self.pump(touched.pop(next(iter(touched))))
         self.write_out()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -203,6 +209,7 @@ class BridgeProtocol(Protocol):
         error = ConnectionLost(why)
         calls, self.calls = self.calls, {}
         self._waiting.clear()
+        self._touched.clear()
         for call in calls.values():
             call.connection_lost(error)
         if self.server is not None:
@@ -346,6 +353,7 @@ class BridgeProtocol(Protocol):
     def _stream_reset(self, event: h2.events.StreamReset) -> None:
         call = self.calls.pop(event.stream_id, None)
         self._waiting.pop(event.stream_id, None)
+        self._touched.pop(event.stream_id, None)
         if call is not None:
             if self.server is not None:
                 self.server.call_reset(self)
@@ -416,6 +424,9 @@ class BridgeProtocol(Protocol):
     def pump(self, call: BridgeStream) -> None:
         """Hand what ``call`` queued to HTTP/2, as far as windows and the transport allow."""
         if self._lost:
+            return
+        if self._receiving:
+            self._touched[call.stream_id] = call
             return
         if self._write_paused:
             self._waiting[call.stream_id] = call
@@ -496,10 +507,11 @@ class BridgeProtocol(Protocol):
                     conn.send_headers(stream_id, headers, end_stream=end_stream)
                 else:
                     outbox.popleft()
-                    try:
-                        conn.reset_stream(stream_id, payload)
-                    except h2.exceptions.StreamClosedError:
-                        pass  # the client ended its side meanwhile: nothing to stop
+                    if not call.remote_ended:
+                        try:
+                            conn.reset_stream(stream_id, payload)
+                        except h2.exceptions.StreamClosedError:
+                            pass  # closed meanwhile: nothing to stop
         except h2.exceptions.StreamClosedError:
             # Gone under us (reset in the same read): drop what it queued.
             outbox.clear()
@@ -558,6 +570,7 @@ class BridgeProtocol(Protocol):
         self.write_out()
         calls, self.calls = self.calls, {}
         self._waiting.clear()
+        self._touched.clear()
         for call in calls.values():
             call.connection_lost(error)
         self._lose_connection()
