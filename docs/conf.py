@@ -55,5 +55,40 @@ def _write_generated() -> None:
         target.write_text(text)
 
 
+def _write_text(name: str, lines: list[str]) -> None:
+    out = HERE / "_generated"
+    out.mkdir(exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    target = out / name
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
+def _write_bridge_tables() -> None:
+    """The gRPC bridge's settings and error-to-status table (docs/bridge.rst)."""
+    import attrs
+
+    from spear_twisted.bridge.config import BridgeConfig
+    from spear_twisted.bridge.status import STATUS_FOR_CODE
+    from spear_twisted.settings import field_doc
+
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 26 12 62", ""]
+    lines += ["   * - setting", "     - default", "     - meaning"]
+    for field in attrs.fields(BridgeConfig):
+        lines += [f"   * - ``{field.name}``", f"     - ``{field.default!r}``", f"     - {field_doc(field)}"]
+    _write_text("bridge_settings.rst", lines)
+
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 10 40 50", ""]
+    lines += ["   * - code", "     - Spear error", "     - gRPC status"]
+    for code, status in STATUS_FOR_CODE.items():
+        lines += [
+            f"   * - {int(code)}",
+            f"     - ``{code.name}``",
+            f"     - ``{status.name}`` ({int(status)})",
+        ]
+    _write_text("bridge_statuses.rst", lines)
+
+
 if not os.environ.get("SPEAR_DOCS_SKIP_GENERATED"):
     _write_generated()
+    _write_bridge_tables()

@@ -453,8 +453,12 @@ class BridgeStream:
             return defer.fail(error)
         if not self.headers_sent:
             self._queue_response_headers()
+            self.connection.pump(self)
+        frame = frame_message(data)
+        if self.connection.send_now(self, frame):
+            return defer.succeed(None)
         waiter: Deferred[None] = Deferred()
-        self.outbox.append((DATA, frame_message(data), waiter))
+        self.outbox.append((DATA, frame, waiter))
         self.connection.pump(self)
         return waiter
 

@@ -425,9 +425,6 @@ class BridgeProtocol(Protocol):
         """Hand what ``call`` queued to HTTP/2, as far as windows and the transport allow."""
         if self._lost:
             return
-        if self._receiving:
-            self._touched[call.stream_id] = call
-            return
         if self._write_paused:
             self._waiting[call.stream_id] = call
             return
@@ -436,6 +433,25 @@ class BridgeProtocol(Protocol):
         self.write_out()
         for waiter in waiters:
             waiter.callback(None)
+
+    def send_now(self, call: BridgeStream, data: bytes) -> bool:
+        """
+        The fast path of a message: hand ``data`` to HTTP/2 at once if nothing
+        of ``call`` waits and the windows allow it all; whether it was.
+        """
+        if self._lost or self._write_paused or call.outbox:
+            return False
+        conn = self.h2
+        stream_id = call.stream_id
+        size = len(data)
+        try:
+            if size > conn.max_outbound_frame_size or size > conn.local_flow_control_window(stream_id):
+                return False
+            conn.send_data(stream_id, data)
+        except h2.exceptions.StreamClosedError:
+            return False
+        self.write_out()
+        return True
 
     def write_out(self) -> None:
         """Write what ``h2`` has produced to the transport (at the end of a read if inside one)."""
@@ -506,6 +522,11 @@ class BridgeProtocol(Protocol):
                     outbox.popleft()
                     conn.send_headers(stream_id, headers, end_stream=end_stream)
                 else:
+                    if self._receiving:
+                        # Decided once the whole read is handled: a client
+                        # END_STREAM later in it makes the reset needless.
+                        self._touched[stream_id] = call
+                        return moved
                     outbox.popleft()
                     if not call.remote_ended:
                         try:
