@@ -142,6 +142,41 @@ class PublicSurfaceTests(SynchronousTestCase):
         self.assertEqual(result.stdout.strip(), "[]")
 
 
+NO_TWISTED = r"""
+import json, sys
+from spear_twisted.bridge.contract import envelope_from_message, message_from_envelope
+from spear_twisted.bridge.framing import MessageDecoder, frame_message
+from spear_twisted.bridge.headers import format_timeout, parse_timeout
+from spear_twisted.bridge.status import StatusCode, status_for_error
+from spear_twisted.bridge import spear_pb2
+from spear_twisted.wire import HeartbeatMessage, SpearMessage, Timestamp
+
+message = SpearMessage.heartbeat(3, HeartbeatMessage(Timestamp(1, 2), 4))
+wire = frame_message(envelope_from_message(message).SerializeToString())
+[data] = MessageDecoder(1024).feed(wire)
+assert message_from_envelope(spear_pb2.Envelope.FromString(data)) == message
+assert parse_timeout(format_timeout(1.5)) == 1.5
+print(json.dumps(sorted(m for m in sys.modules if m == "twisted" or m.startswith("twisted."))))
+"""
+
+
+class NoTwistedTests(SynchronousTestCase):
+    def test_the_contract_and_the_grpc_rules_work_without_twisted(self) -> None:
+        """The asyncio side of the agent SDK (issue 7, part 2) converts envelopes with these."""
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        result = subprocess.run(
+            [sys.executable, "-c", NO_TWISTED],
+            cwd=workdir,
+            env={**os.environ, "PYTHONPATH": ROOT},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "[]")
+
+
 class EnvelopeConversionTests(SynchronousTestCase):
     @given(raw_messages)
     def test_envelope_round_trip_keeps_every_field_and_the_payload_bytes(self, message: SpearMessage) -> None:

@@ -150,7 +150,15 @@ class TimeoutTests(SynchronousTestCase):
     @given(st.floats(0, 10**9, allow_nan=False))
     def test_format_rounds_up_into_a_valid_value(self, seconds: float) -> None:
         value = format_timeout(seconds)
-        self.assertGreaterEqual(parse_timeout(value), seconds * (1 - 1e-12))
+        self.assertGreaterEqual(parse_timeout(value), seconds - 1e-9)
+
+    def test_format_picks_the_finest_unit(self) -> None:
+        self.assertEqual(format_timeout(1.5), b"1500000u")
+        self.assertEqual(format_timeout(0.25), b"250000u")
+        self.assertEqual(format_timeout(3600 * 24 * 365), b"31536000S")
+        self.assertEqual(format_timeout(3600 * 24 * 3650), b"5256000M")
+        with self.assertRaises(ValueError):
+            format_timeout(-1)
 
 
 class GrpcMessageTests(SynchronousTestCase):

@@ -72,11 +72,22 @@ def parse_timeout(value: bytes) -> float:
 
 
 def format_timeout(seconds: float) -> bytes:
-    """``seconds`` as a ``grpc-timeout`` value, rounded up to the unit it fits in."""
+    """
+    ``seconds`` as a ``grpc-timeout`` value: to the nanosecond, in the finest
+    unit that holds it in 8 digits, rounded up to that unit.
+    """
     if seconds < 0:
         raise ValueError(f"a timeout cannot be negative: {seconds!r}")
-    for unit, scale in ((b"n", 1e-9), (b"u", 1e-6), (b"m", 1e-3), (b"S", 1.0), (b"M", 60.0), (b"H", 3600.0)):
-        count = -(-seconds // scale)  # ceiling
+    nanoseconds = round(seconds * 10**9)
+    for unit, scale in (
+        (b"n", 1),
+        (b"u", 10**3),
+        (b"m", 10**6),
+        (b"S", 10**9),
+        (b"M", 60 * 10**9),
+        (b"H", 3600 * 10**9),
+    ):
+        count = -(-nanoseconds // scale)  # ceiling, in integers
         if count < 100_000_000:
             return b"%d%s" % (count, unit)
     raise ValueError(f"{seconds!r} s is longer than grpc-timeout can express")
