@@ -622,7 +622,7 @@ class BridgeProtocol(Protocol):
         UNAVAILABLE, then close.  Fires once the connection is gone.
         """
         done = self.when_lost()
-        if self._lost or self._draining:
+        if self._lost or self._draining or self._closing:
             return done
         self._draining = True
         grace = self.config.shutdown_grace if grace is None else grace
