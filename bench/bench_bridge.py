@@ -17,10 +17,15 @@ Client: another process with ``grpc.aio`` on one channel, measuring
 
 * unary ``Execute`` calls per second, one at a time;
 * unary calls per second with 32 in flight;
-* ``Connect`` round trips per second (write an envelope, read its echo).
+* ``Connect`` round trips per second (write an envelope, read its echo);
 
-Each server is measured in turn, round after round (the best round counts),
-so that they share the machine's state.  Prints a table with the ratio
+and, for each, the server process's CPU time per operation (all its threads,
+read from ``/proc``), which decides what a busy machine can serve.
+
+Each server is measured in turn, round after round, each round starting
+with another server (the best round counts), so that they share the
+machine's state; on a shared machine the figures still vary from run to
+run by 10-20 %.  Prints a table with the ratio
 ours / grpcio and the targets of issue 7 (>= 0.7x unary, >= 1.0x stream).
 
 Run: ``python bench/bench_bridge.py [--quick]``
@@ -162,7 +167,18 @@ def serve_grpcio_aio() -> None:
 # -- the client -----------------------------------------------------------------------------------
 
 
-async def client(target: str, calls: int, trips: int) -> dict[str, float]:
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by every thread of process ``pid`` (Linux ``/proc``)."""
+    ticks = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def client(target: str, server_pid: int, calls: int, trips: int) -> dict[str, float]:
+    """Rates per second, and the server's CPU microseconds per operation (``cpu_`` keys)."""
     import grpc.aio
 
     request = pb.ExecuteCall(task_id="bench", command="echo", args=["--fast"], input=b"\xa5" * 200)
@@ -184,31 +200,37 @@ async def client(target: str, calls: int, trips: int) -> dict[str, float]:
             request_serializer=pb.Envelope.SerializeToString,
             response_deserializer=pb.Envelope.FromString,
         )
+        figures: dict[str, float] = {}
+
+        def timed(name: str, count: int, start: float, cpu: float) -> None:
+            figures[name] = count / (time.perf_counter() - start)
+            figures[f"cpu_{name}"] = (process_cpu(server_pid) - cpu) / count * 1e6
+
         for _ in range(max(50, calls // 10)):  # warm up
             await execute(request)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), process_cpu(server_pid)
         for _ in range(calls):
             await execute(request)
-        unary = calls / (time.perf_counter() - start)
+        timed("unary", calls, start, cpu)
 
-        start = time.perf_counter()
         in_flight = 32
+        start, cpu = time.perf_counter(), process_cpu(server_pid)
         for _ in range(calls // in_flight):
             await asyncio.gather(*[execute(request) for _ in range(in_flight)])
-        concurrent = (calls // in_flight * in_flight) / (time.perf_counter() - start)
+        timed("concurrent", calls // in_flight * in_flight, start, cpu)
 
         call = connect()
         for _ in range(max(50, trips // 10)):
             await call.write(envelope)
             await call.read()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), process_cpu(server_pid)
         for _ in range(trips):
             await call.write(envelope)
             await call.read()
-        stream = trips / (time.perf_counter() - start)
+        timed("stream", trips, start, cpu)
         await call.done_writing()
         await call.read()
-    return {"unary": unary, "concurrent": concurrent, "stream": stream}
+    return figures
 
 
 # -- the parent -----------------------------------------------------------------------------------
@@ -243,8 +265,17 @@ def stop(process: subprocess.Popen[str]) -> None:
             process.wait()
 
 
-def measure(port: int, calls: int, trips: int) -> dict[str, float]:
-    process = child("--client", f"127.0.0.1:{port}", "--calls", str(calls), "--trips", str(trips))
+def measure(server: subprocess.Popen[str], port: int, calls: int, trips: int) -> dict[str, float]:
+    process = child(
+        "--client",
+        f"127.0.0.1:{port}",
+        "--pid",
+        str(server.pid),
+        "--calls",
+        str(calls),
+        "--trips",
+        str(trips),
+    )
     output, _ = process.communicate(timeout=600)
     if process.returncode != 0:
         raise RuntimeError(f"the client failed ({process.returncode})")
@@ -256,15 +287,20 @@ def row(case: str, *cells: str) -> None:
 
 
 def run(quick: bool) -> None:
-    calls, trips, rounds = (600, 1000, 2) if quick else (3000, 5000, 3)
+    calls, trips, rounds = (600, 1000, 2) if quick else (3000, 5000, 5)
     servers = {kind: start_server(kind) for kind in SERVERS}
     best: dict[str, dict[str, float]] = {kind: {} for kind in SERVERS}
     try:
-        for _ in range(rounds):
-            for kind in SERVERS:
-                figures = measure(servers[kind][1], calls, trips)
+        for number in range(rounds):
+            # A different server goes first in each round: none always meets the same neighbours.
+            order = SERVERS[number % len(SERVERS) :] + SERVERS[: number % len(SERVERS)]
+            for kind in order:
+                figures = measure(*servers[kind], calls, trips)
                 for name, value in figures.items():
-                    best[kind][name] = max(best[kind].get(name, 0.0), value)
+                    if name.startswith("cpu_"):  # the least CPU is the best
+                        best[kind][name] = min(best[kind].get(name, value), value)
+                    else:
+                        best[kind][name] = max(best[kind].get(name, 0.0), value)
     finally:
         for process, _port in servers.values():
             stop(process)
@@ -289,7 +325,14 @@ def run(quick: bool) -> None:
         base, aio, ours = best["grpcio"][name], best["grpcio-aio"][name], best["ours"][name]
         row(labels[name], f"{base:,.0f}", f"{aio:,.0f}", f"{ours:,.0f}", f"{ours / base:.2f}", targets[name])
     print()
-    print("ratio = ours / grpcio (the thread-pool server); higher is better.")
+    row("server CPU per operation (us)", "grpcio", "grpcio aio", "ours", "ratio", "")
+    for name in ("unary", "concurrent", "stream"):
+        key = f"cpu_{name}"
+        base, aio, ours = best["grpcio"][key], best["grpcio-aio"][key], best["ours"][key]
+        row(labels[name], f"{base:,.0f}", f"{aio:,.0f}", f"{ours:,.0f}", f"{ours / base:.2f}", "")
+    print()
+    print("ratio = ours / grpcio (the thread-pool server): higher is better for rates,")
+    print("lower for CPU (every thread of the server process, from /proc).")
 
 
 def main() -> None:
@@ -297,6 +340,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer calls and rounds")
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=3000, help=argparse.SUPPRESS)
     parser.add_argument("--trips", type=int, default=5000, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -307,7 +351,7 @@ def main() -> None:
     elif args.serve == "grpcio-aio":
         serve_grpcio_aio()
     elif args.client:
-        print(json.dumps(asyncio.run(client(args.client, args.calls, args.trips))), flush=True)
+        print(json.dumps(asyncio.run(client(args.client, args.pid, args.calls, args.trips))), flush=True)
     else:
         run(args.quick)
 

@@ -47,6 +47,18 @@ REGENERATE = [
 ]
 
 
+def run_python(code: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a child Python that imports this worktree's source."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def _generated_version(text: str) -> str:
     match = re.search(r"# Protobuf Python Version: (\S+)", text)
     assert match is not None, "no version line in the generated code"
@@ -131,14 +143,8 @@ class PublicSurfaceTests(SynchronousTestCase):
             "import sys, spear_twisted.bridge.endpoints;"
             " print(sorted(m for m in ('h2', 'google.protobuf') if m in sys.modules))"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": ROOT},
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        result = run_python(code, ROOT)
+        self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.strip(), "[]")
 
 
@@ -165,14 +171,7 @@ class NoTwistedTests(SynchronousTestCase):
         """The asyncio side of the agent SDK (issue 7, part 2) converts envelopes with these."""
         workdir = self.mktemp()
         os.makedirs(workdir)
-        result = subprocess.run(
-            [sys.executable, "-c", NO_TWISTED],
-            cwd=workdir,
-            env={**os.environ, "PYTHONPATH": ROOT},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_python(NO_TWISTED, workdir)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.strip(), "[]")
 

@@ -297,7 +297,10 @@ class FloodTests(TestCase):
 
 class ShutdownTests(TestCase):
     @defer.inlineCallbacks
-    def test_goaway_twice_then_calls_in_flight_finish(self) -> Gen:
+    def call_in_flight(
+        self,
+    ) -> Generator[Deferred[Any], Any, tuple[task.Clock, ServerFixture, RawH2Client, int]]:
+        """A server on a Clock, a raw client, and one slow call the backend holds."""
         clock = task.Clock()
         fixture = ServerFixture(self, clock=clock)
         fixture.listen_tcp()
@@ -305,6 +308,11 @@ class ShutdownTests(TestCase):
         client = yield connect_raw_h2(fixture.port.getHost().port)
         slow = client.grpc(EXECUTE_PATH, pb.ExecuteCall(task_id="slow"))
         yield fixture.backend.when_started()
+        return clock, fixture, client, slow
+
+    @defer.inlineCallbacks
+    def test_goaway_twice_then_calls_in_flight_finish(self) -> Gen:
+        _clock, fixture, client, slow = yield self.call_in_flight()
         stopped = fixture.server.shutdown(grace=30)
         yield client.when(lambda: len(client.frames_of(hyperframe.frame.GoAwayFrame)) == 2)
         first, final = client.frames_of(hyperframe.frame.GoAwayFrame)
@@ -321,13 +329,7 @@ class ShutdownTests(TestCase):
 
     @defer.inlineCallbacks
     def test_a_call_opened_after_the_final_goaway_is_refused(self) -> Gen:
-        clock = task.Clock()
-        fixture = ServerFixture(self, clock=clock)
-        fixture.listen_tcp()
-        assert fixture.port is not None
-        client = yield connect_raw_h2(fixture.port.getHost().port)
-        slow = client.grpc(EXECUTE_PATH, pb.ExecuteCall(task_id="slow"))
-        yield fixture.backend.when_started()
+        clock, fixture, client, slow = yield self.call_in_flight()
         client.deaf = True  # a peer whose HEADERS cross our GOAWAY
         fixture.server.shutdown(grace=30)
         clock.advance(1.0)  # no PING acknowledgement (deaf): the timeout sends the final GOAWAY
@@ -345,13 +347,7 @@ class ShutdownTests(TestCase):
 
     @defer.inlineCallbacks
     def test_calls_still_running_after_the_grace_period_are_unavailable(self) -> Gen:
-        clock = task.Clock()
-        fixture = ServerFixture(self, clock=clock)
-        fixture.listen_tcp()
-        assert fixture.port is not None
-        client = yield connect_raw_h2(fixture.port.getHost().port)
-        slow = client.grpc(EXECUTE_PATH, pb.ExecuteCall(task_id="slow"))
-        yield fixture.backend.when_started()
+        clock, fixture, client, slow = yield self.call_in_flight()
         stopped = fixture.server.shutdown(grace=5)
         yield client.when(lambda: len(client.frames_of(hyperframe.frame.GoAwayFrame)) == 2)
         clock.advance(5)

@@ -545,7 +545,7 @@ class BridgeProtocol(Protocol):
 
     def _pump_waiting(self) -> None:
         """Give every call with held-back output its turn, a quantum at a time."""
-        if self._lost:
+        if self._lost or not self._waiting:
             return
         waiters: list[Deferred[None]] = []
         progress = True
