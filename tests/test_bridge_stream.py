@@ -212,6 +212,19 @@ class StreamHandlerTests(TestCase):
         self.assertEqual(received, sent)
 
     @defer.inlineCallbacks
+    def test_push_mode_delivers_the_end_after_every_held_message(self) -> Gen:
+        sent = envelopes(5)
+        responses = yield in_thread(self.client.connect, iter(sent), timeout=CALL_TIMEOUT)
+        yield self.recorder.when_connected()
+        stream = self.recorder.streams[0]
+        yield wait_until(lambda: stream.remote_ended, "the client's half-close")
+        events: list[Any] = []
+        stream.set_receiver(lambda message, size: events.append(message.request_id), events.append)
+        self.assertEqual(events, [envelope.request_id for envelope in sent] + [None])
+        stream.finish()
+        self.assertEqual((yield in_thread(list, responses)), [])
+
+    @defer.inlineCallbacks
     def test_a_slow_reader_holds_the_client_back_without_stalling_other_calls(self) -> Gen:
         """Unread messages stop being acknowledged, so the client waits; memory stays bounded."""
         config = BridgeConfig(

@@ -307,8 +307,6 @@ class BridgeStream:
         if self._unacked and self._inbox_bytes <= self._buffer_limit:
             self._acknowledge()
             self.connection.write_out()
-        if not self._inbox and self.remote_ended and self.active and self._on_message is not None:
-            self._deliver_end(None)
 
     def _acknowledge(self) -> None:
         if self._unacked:
