@@ -15,6 +15,7 @@ import h2.errors
 import hyperframe.frame
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from spear_twisted.bridge import spear_pb2 as pb
@@ -159,6 +160,25 @@ class RawRequestTests(TestCase):
         self.assertEqual(headers[b"reason"], b"testing")
         context = self.extra.contexts[0]
         self.assertEqual(context.metadata, (("trace-bin", b"\x01\x02\x03\x04"), ("x-caller", "test")))
+
+    @defer.inlineCallbacks
+    def test_every_refusal_is_a_structured_log_event(self) -> Gen:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = yield self.client()
+        stream = client.grpc("/spear.v1.SpearBridge/Nope", pb.StatusRequest())
+        refused = client.request(EXECUTE_PATH, method=b"PUT")
+        yield client.when(lambda: {stream, refused} <= client.ended)
+        ended = [event for event in events if "status_code" in event]
+        self.assertEqual(
+            [(event["path"], event["status"], event["http_status"], event["stream_id"]) for event in ended],
+            [
+                ("/spear.v1.SpearBridge/Nope", "UNIMPLEMENTED", 200, stream),
+                (EXECUTE_PATH, "INTERNAL", 405, refused),
+            ],
+        )
+        self.assertEqual(ended[0]["reason"], "unknown method /spear.v1.SpearBridge/Nope")
 
     @defer.inlineCallbacks
     def test_bad_request_headers_are_refused_with_the_reason(self) -> Gen:

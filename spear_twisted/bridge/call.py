@@ -86,9 +86,12 @@ class BridgeStream:
         context: CallContext | None,
         config: BridgeConfig,
         encoding: str | None = None,
+        path: str = "",
     ) -> None:
         self.connection = connection
         self.stream_id = stream_id
+        #: The request's ``:path``, as received.
+        self.path = path
         self.method = method
         self.context = context
         self._decoder = MessageDecoder(config.max_receive_message_size, encoding)
@@ -481,6 +484,8 @@ class BridgeStream:
         self._cancel_timer()
         status = StatusCode.OK if error is None else error.status
         self.status = status
+        if error is not None:
+            self._log_failure(error)
         if error is None and not metadata:
             trailers = _OK_TRAILERS
         else:
@@ -516,6 +521,7 @@ class BridgeStream:
         """Answer a request that is not gRPC: HTTP ``http_status``, and ``error`` for gRPC clients."""
         self.finished = True
         self.status = error.status
+        self._log_failure(error, http_status)
         headers = [
             (b":status", b"%d" % http_status),
             (b"content-type", b"application/grpc"),
@@ -527,6 +533,19 @@ class BridgeStream:
         self.outbox.append((RESET, NO_ERROR, None))
         self.connection.call_finished(self)
         self.connection.pump(self)
+
+    def _log_failure(self, error: GrpcError, http_status: int = 200) -> None:
+        self.log.info(
+            "Call {path} on {connection_id} stream {stream_id} from {peer} ended with {status}: {reason}",
+            path=self.path,
+            connection_id=self.connection.connection_id,
+            stream_id=self.stream_id,
+            peer=self.connection.peer,
+            status=error.status.name,
+            status_code=int(error.status),
+            http_status=http_status,
+            reason=error.message,
+        )
 
     def _queue_response_headers(self, metadata: Metadata = ()) -> None:
         self.headers_sent = True
@@ -579,8 +598,7 @@ class BridgeStream:
             waiter.callback(status)
 
     def __repr__(self) -> str:
-        path = self.method.path if self.method else "?"
-        return f"<BridgeStream {self.connection.connection_id}/{self.stream_id} {path}>"
+        return f"<BridgeStream {self.connection.connection_id}/{self.stream_id} {self.path}>"
 
 
 def _with_caller(context: CallContext, caller: str) -> CallContext:

@@ -260,6 +260,7 @@ class BridgeProtocol(Protocol):
             None,
             self.config,
             encoding.decode("ascii", "replace") if encoding is not None else None,
+            text_path,
         )
         self.calls[stream_id] = call
         if self.server is not None:
@@ -325,12 +326,6 @@ class BridgeProtocol(Protocol):
                 message = "authentication could not be completed"
             else:
                 message = error.message
-            self.log.info(
-                "Refused call {method} from {peer}: {reason}",
-                method=context.method,
-                peer=self.peer,
-                reason=message,
-            )
             call.finish(GrpcError(StatusCode.UNAUTHENTICATED, message))
             self.write_out()
 
