@@ -436,14 +436,14 @@ class BridgeProtocol(Protocol):
         """
         if self._lost or self._write_paused or call.outbox:
             return False
-        conn = self.h2
-        stream_id = call.stream_id
-        size = len(data)
         try:
-            if size > conn.max_outbound_frame_size or size > conn.local_flow_control_window(stream_id):
-                return False
-            conn.send_data(stream_id, data)
-        except h2.exceptions.StreamClosedError:
+            # h2 checks the window and the frame size itself, before changing anything.
+            self.h2.send_data(call.stream_id, data)
+        except (
+            h2.exceptions.FlowControlError,
+            h2.exceptions.FrameTooLargeError,
+            h2.exceptions.StreamClosedError,
+        ):
             return False
         self.write_out()
         return True
