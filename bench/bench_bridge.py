@@ -283,7 +283,7 @@ def measure(server: subprocess.Popen[str], port: int, calls: int, trips: int) ->
 
 
 def row(case: str, *cells: str) -> None:
-    print(f"{case:<34}" + "".join(f"{cell:>12}" for cell in cells), flush=True)
+    print((f"{case:<34}" + "".join(f"{cell:>12}" for cell in cells)).rstrip(), flush=True)
 
 
 def run(quick: bool) -> None:
