@@ -180,6 +180,18 @@ class ServiceTests(TestCase):
         self.assertFalse(os.path.exists(path))
         self.assertIsNone(fixture.server.buildProtocol(None))
 
+    def test_a_non_loopback_address_needs_allow_remote(self) -> None:
+        fixture = ServerFixture(self)
+        service = BridgeService(fixture.server, ["tcp:0"], reactor=real_reactor)
+        with self.assertRaises(ValueError) as caught:
+            service.startService()
+        self.assertIn("allow_remote", str(caught.exception))
+        self.assertEqual(service.ports, [])
+        service = BridgeService(fixture.server, ["tcp:0"], reactor=real_reactor, allow_remote=True)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(service.ports[0].getHost().host, "0.0.0.0")
+
     def test_a_bind_error_is_raised_at_start(self) -> None:
         fixture = ServerFixture(self)
         taken = socket.socket()

@@ -344,6 +344,46 @@ class UnaryAioTests(TestCase):
         yield backend.when_cancelled()
 
     @defer.inlineCallbacks
+    def test_limits_and_deadline(self) -> Gen:
+        clock = task.Clock()
+        fixture = ServerFixture(self, clock=clock, config=BridgeConfig(max_receive_message_size=1000))
+        target = fixture.listen_tcp()
+
+        async def scenario() -> list[Any]:
+            async with grpc.aio.insecure_channel(target) as channel:
+                execute = execute_stub(channel)
+                outcomes = []
+                for call in [
+                    execute(echo("x" * 5000), metadata=ALICE, timeout=CALL_TIMEOUT),
+                    execute(
+                        echo("y" * 500),
+                        metadata=ALICE,
+                        timeout=CALL_TIMEOUT,
+                        compression=grpc.Compression.Gzip,
+                    ),
+                    execute(pb.ExecuteCall(task_id="slow"), metadata=ALICE, timeout=30),
+                ]:
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError as e:
+                        outcomes.append((e.code(), e.details()))
+                return outcomes
+
+        outcome = run_aio(scenario)
+        yield fixture.backend.when_started()
+        clock.advance(fixture.backend.calls[0][1].timeout)
+        outcomes = yield outcome
+        self.assertEqual(
+            [code for code, _ in outcomes],
+            [
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.UNIMPLEMENTED,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ],
+        )
+        self.assertEqual(fixture.backend.cancelled, 1)
+
+    @defer.inlineCallbacks
     def test_many_concurrent_calls(self) -> Gen:
         target = self.target
 

@@ -29,6 +29,7 @@ from spear_twisted.bridge.config import BridgeConfig
 from spear_twisted.bridge.methods import MethodRegistry, spear_bridge_methods
 from spear_twisted.bridge.protocol import BridgeProtocol
 from spear_twisted.bridge.status import StatusCode
+from spear_twisted.channels.tcp import is_loopback
 
 
 @attrs.frozen
@@ -177,6 +178,9 @@ class BridgeService(Service):
     a description string) while running; a bind error is raised by
     ``startService`` (as ``twistd`` wants it).  Stopping stops listening, then
     shuts the server down gracefully (see :meth:`BridgeServer.shutdown`).
+
+    An address that is not loopback (``tcp:50051`` binds every interface) is
+    refused unless ``allow_remote`` is set.
     """
 
     log = Logger()
@@ -187,12 +191,14 @@ class BridgeService(Service):
         endpoints: Iterable[IStreamServerEndpoint | str],
         *,
         reactor: Any = None,
+        allow_remote: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self.server = server
+        self.allow_remote = allow_remote
         self.endpoints: list[IStreamServerEndpoint] = [
             serverFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
             if isinstance(endpoint, str)
@@ -208,7 +214,7 @@ class BridgeService(Service):
         failures: list[Failure] = []
         self._listening = []
         for endpoint in self.endpoints:
-            listening = endpoint.listen(self.server)
+            listening = endpoint.listen(self.server).addCallback(self._check_address)
             listening.addCallbacks(self._listened, failures.append)
             self._listening.append(listening)
         if failures:
@@ -218,6 +224,13 @@ class BridgeService(Service):
             self.ports = []
             super().stopService()  # type: ignore[no-untyped-call]
             failures[0].raiseException()
+
+    def _check_address(self, port: IListeningPort) -> IListeningPort:
+        host = getattr(port.getHost(), "host", None)
+        if host is not None and not self.allow_remote and not is_loopback(host):
+            port.stopListening()
+            raise ValueError(f"refusing to listen on non-loopback address {host} without allow_remote")
+        return port
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
