@@ -51,11 +51,17 @@ def _write_generated() -> None:
         ]
     _write_if_changed(out / "error_codes.rst", "\n".join(lines) + "\n")
 
+    from spear_twisted.bridge.config import BridgeConfig
     from spear_twisted.connections import ConnectionManagerConfig
     from spear_twisted.monitoring import MonitoringConfig
 
-    for name, settings_class in [("connections", ConnectionManagerConfig), ("monitoring", MonitoringConfig)]:
+    for name, settings_class in [
+        ("connections", ConnectionManagerConfig),
+        ("monitoring", MonitoringConfig),
+        ("bridge", BridgeConfig),
+    ]:
         _write_if_changed(out / f"settings_{name}.rst", _settings_table(settings_class))
+    _write_bridge_statuses(out)
 
 
 def _write_if_changed(target: Path, text: str) -> None:
@@ -98,6 +104,21 @@ def _settings_table(settings_class: type) -> str:
     for field in attrs.fields(settings_class):
         lines += [f"   * - ``{field.name}``", f"     - {shown(field.default)}", f"     - {field_doc(field)}"]
     return "\n".join(lines) + "\n"
+
+
+def _write_bridge_statuses(out: Path) -> None:
+    """The gRPC bridge's error-to-status table (docs/bridge.rst)."""
+    from spear_twisted.bridge.status import STATUS_FOR_CODE
+
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 10 40 50", ""]
+    lines += ["   * - code", "     - Spear error", "     - gRPC status"]
+    for code, status in STATUS_FOR_CODE.items():
+        lines += [
+            f"   * - {int(code)}",
+            f"     - ``{code.name}``",
+            f"     - ``{status.name}`` ({int(status)})",
+        ]
+    _write_if_changed(out / "bridge_statuses.rst", "\n".join(lines) + "\n")
 
 
 if not os.environ.get("SPEAR_DOCS_SKIP_GENERATED"):
