@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Generator
@@ -286,3 +287,34 @@ class InstallTests(TestCase):
         )
         self.assertEqual(code, 0)
         self.assertRegex(help_text.decode(), r"\n\s+spear\s+Run a Spear spearlet")
+
+
+class StartFailureTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_listener_that_cannot_start_ends_twistd_with_a_message(self) -> Generator[Any, Any, None]:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spearlet = Spearlet(self, ECHO_TASK.format(count=1))
+        child = run_twistd(
+            self,
+            "-n",
+            "--pidfile",
+            spearlet.pidfile,
+            "spear",
+            "--config",
+            spearlet.config,
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        )
+        code, _ = yield with_timeout(child.ended, STEP, "twistd's end")
+        self.assertEqual(code, 1)
+        self.assertIn(
+            f"The spearlet could not start: Couldn't listen on 127.0.0.1:{port}: "
+            "[Errno 98] Address already in use",
+            child.output.text(),
+        )
+        self.assertFalse(os.path.exists(spearlet.pidfile))
+        self.assertEqual(spearlet.sockets(), [])
