@@ -57,6 +57,35 @@ def _write_generated() -> None:
     for name, settings_class in [("connections", ConnectionManagerConfig), ("monitoring", MonitoringConfig)]:
         _write_if_changed(out / f"settings_{name}.rst", _settings_table(settings_class))
 
+    from spear_twisted.config import SpearConfig
+
+    _write_if_changed(out / "configuration.rst", _configuration_reference(SpearConfig))
+
+
+def _configuration_reference(config_class: type) -> str:
+    """Every key of the configuration file, tables included, with its kind, default and documentation."""
+    from spear_twisted.settings import settings_reference
+
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 30 18 14 38",
+        "",
+        "   * - key",
+        "     - kind",
+        "     - default",
+        "     - meaning",
+    ]
+    for row in settings_reference(config_class):
+        default = f"``{row.default}``" if row.default and not row.default.startswith("(") else row.default
+        lines += [
+            f"   * - ``{row.key}``",
+            f"     - {row.kind}",
+            f"     - {default}",
+            f"     - {row.doc}",
+        ]
+    return "\n".join(lines) + "\n"
+
 
 def _write_if_changed(target: Path, text: str) -> None:
     if not target.exists() or target.read_text() != text:
