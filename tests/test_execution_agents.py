@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from spear_twisted.errors import ExecutionTimeout, InstanceLost, NoInstanceAvailable
 from spear_twisted.runtime import BackoffPolicy, InstanceStatus, ProcessRuntimeConfig
 from spear_twisted.wire import ExecuteRequest, ExecutionStatus
-from tests.runtime_support import LogCapture, python_args, with_timeout, write_script
+from tests.runtime_support import CRASHING_AGENT, LogCapture, python_args, with_timeout, write_script
 from tests.service_support import ECHO_ARGS, running_service, task_config
 
 #: Seconds any one step of a test may take on a loaded machine.
@@ -39,18 +39,6 @@ async def handle(request):
         print("handler cancelled", flush=True)
         raise
     return "slow"
-
-raise SystemExit(run(handle))
-"""
-
-CRASHING_AGENT = """
-import os
-from spear_twisted.agent import run
-
-def handle(request):
-    if request.command == "crash":
-        os._exit(3)
-    return "alive"
 
 raise SystemExit(run(handle))
 """
