@@ -157,7 +157,9 @@ class InstancePool:
 
     def _start_failed(self, failure: Failure, member: Member) -> None:
         # The runtime put the instance in Error and said why; the status
-        # event does the rest.
+        # event does the rest.  One stopped while starting is no news.
+        if self._stopping or member.retiring:
+            return
         self.log.warn(
             "Task {task_id}: instance {instance_id} did not start: {reason}",
             task_id=self.task.id,
