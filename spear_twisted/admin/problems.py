@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from spear_twisted.errors import ErrorCode, InvalidMessage, SpearError
+from spear_twisted.wire import ExecuteResponse
+from spear_twisted.wire.codec import unstructure
 
 #: The HTTP status of each error code.
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -79,7 +81,9 @@ def error_document(error: SpearError) -> dict[str, Any]:
         {"error": {"code": 1302, "name": "UNKNOWN_TASK", "message": "..."}}
 
     with ``problems`` (``[{"path": ..., "reason": ...}]``) for a schema
-    error, and ``instance_id`` and ``details`` when the error has them.
+    error, ``instance_id`` and ``details`` when the error has them, and
+    ``response`` (the ``ExecuteResponse`` with status Timeout, with any
+    output so far) for an execution timeout.
     """
     code = int(getattr(error, "error_code", error.code))
     body: dict[str, Any] = {"code": code, "name": error_name(code), "message": str(error)}
@@ -89,4 +93,7 @@ def error_document(error: SpearError) -> dict[str, Any]:
         body["instance_id"] = str(error.instance_id)
     if error.details is not None:
         body["details"] = error.details
+    response = getattr(error, "response", None)
+    if isinstance(response, ExecuteResponse):
+        body["response"] = unstructure(response)
     return {"error": body}
