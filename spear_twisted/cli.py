@@ -91,12 +91,16 @@ STATUS_EXIT = {"Completed": EXIT_OK, "Timeout": EXIT_TIMEOUT}
 
 
 class CommandError(Exception):
-    """A failure that ends the command with ``exit_status`` after printing ``message``."""
+    """
+    A failure that ends the command with ``exit_status`` after printing
+    ``message``; ``document`` is the admin endpoint's JSON answer, if any.
+    """
 
-    def __init__(self, message: str, exit_status: int) -> None:
+    def __init__(self, message: str, exit_status: int, document: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.exit_status = exit_status
+        self.document = document
 
 
 # -- talking to the admin endpoint --------------------------------------------------------------
@@ -175,7 +179,7 @@ def refusal(status: int, parsed: Any, body: bytes) -> CommandError:
     for problem in error.get("problems", ()):
         if isinstance(problem, dict):
             message += f"\n  {problem.get('path') or '(body)'}: {problem.get('reason')}"
-    return CommandError(message, exit_status)
+    return CommandError(message, exit_status, parsed)
 
 
 def _reason(reason: object) -> str:
@@ -232,16 +236,28 @@ def exit_status_for(response: dict[str, Any]) -> int:
 def invoke(client: AdminClient, options: argparse.Namespace) -> int:
     """``spear invoke``: run one request, print its output, return its exit status."""
     path = "/tasks/" + urllib.parse.quote(options.task, safe="") + "/execute"
-    _, response = client.json("POST", path, invoke_document(options))
+    try:
+        _, response = client.json("POST", path, invoke_document(options))
+    except CommandError as e:
+        if isinstance(e.document, dict):
+            if options.json:
+                _write(sys.stdout, json.dumps(e.document) + "\n")
+            else:
+                # A timed-out execution's response has the output it produced.
+                partial = e.document.get("error", {}).get("response")
+                if isinstance(partial, dict):
+                    _print_response(partial)
+        raise
     if options.json:
         _write(sys.stdout, json.dumps(response) + "\n")
-        return exit_status_for(response)
+    else:
+        _print_response(response)
+    return exit_status_for(response)
+
+
+def _print_response(response: dict[str, Any]) -> None:
     _write(sys.stdout, _line(response.get("output")))
     _write(sys.stderr, _line(response.get("error")))
-    status = exit_status_for(response)
-    if status == EXIT_TIMEOUT:
-        _write(sys.stderr, f"spear: task {options.task!r} timed out\n")
-    return status
 
 
 def _line(text: object) -> str:
@@ -507,7 +523,9 @@ def parser() -> argparse.ArgumentParser:
         help="an environment variable (repeatable)",
     )
     run.add_argument("--working-dir", metavar="DIR", help="the execution's working directory")
-    run.add_argument("--json", action="store_true", help="print the whole ExecuteResponse as JSON")
+    run.add_argument(
+        "--json", action="store_true", help="print the JSON answer: the ExecuteResponse, or the error"
+    )
     run.set_defaults(run=invoke)
 
     show = commands.add_parser("status", parents=[connection], help="show tasks, instances and connections")

@@ -16,7 +16,6 @@ from twisted.internet import defer, protocol
 from twisted.internet import reactor as real_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -206,10 +205,43 @@ def raw_exchange(base_url: str, data: bytes) -> Any:
     return received
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None) -> Deferred[tuple[bytes, bytes, int]]:
-    """Run ``python -m spear_twisted.cli ARGV`` in a child process: ``(stdout, stderr, exit status)``."""
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[tuple[bytes, bytes, int]] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback((self.out, self.err, reason.value.exitCode))
+
+
+def run_cli(
+    *argv: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> Deferred[tuple[bytes, bytes, int]]:
+    """
+    Run ``python -m spear_twisted.cli ARGV`` in a child process with ``stdin``:
+    ``(stdout, stderr, exit status)``.
+    """
     environment = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": ROOT, "LANG": "C.UTF-8"}
     environment.update(env or {})
-    return getProcessOutputAndValue(  # type: ignore[no-any-return]
-        sys.executable, ["-m", "spear_twisted.cli", *argv], env=environment, path=ROOT
+    collect = _Collect(stdin)
+    real_reactor.spawnProcess(
+        collect,
+        sys.executable,
+        [sys.executable, "-m", "spear_twisted.cli", *argv],
+        env=environment,
+        path=ROOT,
     )
+    return collect.ended
