@@ -14,28 +14,7 @@ The endpoint is ``--admin URL``, else ``$SPEAR_ADMIN_URL``, else
 This module imports only the standard library (no Twisted, no attrs): the
 command starts in a few tens of milliseconds.
 
-Exit statuses (sysexits-style where one fits):
-
-====  ===========================================================================
-code  meaning
-====  ===========================================================================
-0     the execution completed with exit code 0 (``health``: the spearlet serves)
-N     the execution's own exit code N (1 to 255)
-1     the execution failed or was cancelled without an exit code, or its exit
-      code is outside 0..255
-2     usage: bad options or arguments, or a bad admin URL
-65    the spearlet refused the request as invalid (HTTP 400, 413)
-66    the ``--input`` file cannot be read
-67    no such task (HTTP 404, ``UNKNOWN_TASK``)
-69    unavailable: the admin endpoint cannot be reached, or no instance can take
-      the request, or the spearlet is stopping (HTTP 503); ``health``: not serving
-70    the spearlet failed internally (HTTP 500)
-75    timed out: the execution (HTTP 504, or status ``Timeout``) or the wait for
-      the answer (``--http-timeout``)
-76    protocol: the instance was lost or broke the protocol (HTTP 502), or the
-      admin endpoint's answer is not understood
-77    the bearer token is missing or wrong (HTTP 401)
-====  ===========================================================================
+Exit statuses: :data:`EXIT_STATUSES` (also shown by ``spear --help``).
 """
 
 from __future__ import annotations
@@ -45,6 +24,7 @@ import http.client
 import json
 import os
 import sys
+import textwrap
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -72,6 +52,30 @@ EXIT_SOFTWARE = 70
 EXIT_TIMEOUT = 75
 EXIT_PROTOCOL = 76
 EXIT_NOPERM = 77
+
+#: What each exit status means (sysexits-style where one fits), for ``--help`` and the docs.
+EXIT_STATUSES = (
+    ("0", "the execution completed with exit code 0 (health: the spearlet serves)"),
+    ("N", "the execution's own exit code N, 1 to 255"),
+    ("1", "the execution failed or was cancelled without an exit code, or its exit code is outside 0..255"),
+    ("2", "usage: bad options or arguments, a bad admin URL, an unreadable token file"),
+    ("65", "the spearlet refused the request as invalid (HTTP 400, 413)"),
+    ("66", "the --input file cannot be read"),
+    ("67", "no such task (HTTP 404, UNKNOWN_TASK)"),
+    (
+        "69",
+        "unavailable: the admin endpoint cannot be reached, no instance can take the request, or the "
+        "spearlet is stopping (HTTP 503); health: the spearlet does not serve",
+    ),
+    ("70", "the spearlet failed internally (HTTP 500)"),
+    ("75", "timed out: the execution (HTTP 504) or the wait for the answer (--http-timeout)"),
+    (
+        "76",
+        "protocol: the instance was lost or broke the protocol (HTTP 502), or the admin endpoint's answer "
+        "is not understood",
+    ),
+    ("77", "the bearer token is missing or wrong (HTTP 401)"),
+)
 
 #: The exit status for an HTTP error status of the admin endpoint.
 HTTP_EXIT = {
@@ -494,7 +498,18 @@ def parser() -> argparse.ArgumentParser:
         prog="spear",
         description="Talk to a running spearlet through its admin endpoint.",
         parents=[connection],
-        epilog="Exit statuses: see `pydoc spear_twisted.cli` or the documentation's CLI page.",
+        epilog="exit statuses:\n"
+        + "\n".join(
+            textwrap.fill(
+                meaning,
+                79,
+                initial_indent=f"  {code:>3}  ",
+                subsequent_indent=" " * 7,
+                break_on_hyphens=False,
+            )
+            for code, meaning in EXIT_STATUSES
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = main_parser.add_subparsers(dest="what", metavar="COMMAND", required=True)
 

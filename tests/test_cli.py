@@ -207,6 +207,20 @@ class ExitStatusTests(SynchronousTestCase):
         self.assertEqual(cli.refusal(200, None, b"[]").exit_status, cli.EXIT_PROTOCOL)
 
 
+class ExitStatusTableTests(SynchronousTestCase):
+    def test_every_exit_status_is_in_the_table_shown_by_help(self) -> None:
+        codes = {code for code, _ in cli.EXIT_STATUSES}
+        constants = {
+            str(value)
+            for name, value in vars(cli).items()
+            if name.startswith("EXIT_") and name != "EXIT_STATUSES"
+        }
+        self.assertEqual(constants - codes, set())
+        out = Captured(self)
+        self.assertEqual(cli.main(["--help"]), 0)
+        self.assertIn("   67  no such task (HTTP 404, UNKNOWN_TASK)", out.stdout.getvalue())
+
+
 class StatusTableTests(SynchronousTestCase):
     def test_the_status_is_three_readable_tables(self) -> None:
         text = cli.format_status(
