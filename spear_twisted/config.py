@@ -312,7 +312,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> SpearConf
         raise ConfigError(source, [_at_field(path, reason) for path, reason in e.problems]) from None
 
 
-_LEADING_KEY = re.compile(r"([a-z_]+)(?::| must| is) ")
+_LEADING_KEY = re.compile(r"([a-z_]+)(?::| must| is|(?= ['\"]))")
 _INDEX = re.compile(r"\[\d+\]")
 
 
