@@ -195,11 +195,18 @@ class RawHttp(protocol.Protocol):
 
 
 @defer.inlineCallbacks
-def raw_exchange(base_url: str, data: bytes) -> Any:
-    """Send ``data`` on a new connection to the admin endpoint; everything it answered until it closed."""
+def raw_connection(base_url: str) -> Any:
+    """A new :class:`RawHttp` connection to the admin endpoint."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     endpoint = TCP4ClientEndpoint(real_reactor, host, int(port))
     connection = yield endpoint.connect(protocol.Factory.forProtocol(RawHttp))
+    return connection
+
+
+@defer.inlineCallbacks
+def raw_exchange(base_url: str, data: bytes) -> Any:
+    """Send ``data`` on a new connection to the admin endpoint; everything it answered until it closed."""
+    connection = yield raw_connection(base_url)
     connection.transport.write(data)
     received = yield connection.closed
     return received
@@ -225,6 +232,18 @@ class _Collect(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback((self.out, self.err, reason.value.exitCode))
+
+
+@defer.inlineCallbacks
+def eventually(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Fires once ``condition()`` is true; fails after ``timeout`` seconds (real processes take real time)."""
+    from twisted.internet.task import deferLater
+
+    deadline = real_reactor.seconds() + timeout
+    while not condition():
+        if real_reactor.seconds() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {condition}")
+        yield deferLater(real_reactor, interval, lambda: None)
 
 
 def run_cli(

@@ -18,6 +18,8 @@ from tests.admin_support import (
     Client,
     admin_url,
     agent_task,
+    eventually,
+    raw_connection,
     raw_exchange,
     running_service,
     silent_task,
@@ -45,7 +47,14 @@ class ExecuteTests(TestCase):
             spear_config(
                 self,
                 (
-                    agent_task(self, "tool", min_instances=1, max_concurrent_requests=4),
+                    agent_task(
+                        self,
+                        "tool",
+                        min_instances=1,
+                        max_concurrent_requests=4,
+                        stop_grace_period=1.0,
+                        kill_timeout=1.0,
+                    ),
                     silent_task("silent", request_timeout=0.5),
                 ),
             ),
@@ -184,6 +193,25 @@ class ExecuteTests(TestCase):
         self.assertEqual(len(body), MAX_BODY_BYTES)
         answer = yield self.client.execute("tool", body)
         self.assertEqual((answer.status, len(answer.json()["output"])), (200, padding))
+
+    @defer.inlineCallbacks
+    def test_a_client_that_goes_away_withdraws_its_request(self) -> Any:
+        body = json.dumps({"command": "sleep", "args": ["30"]}).encode()
+        connection = yield raw_connection(admin_url(self.service))
+        connection.transport.write(
+            b"POST /tasks/tool/execute HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+        def outstanding() -> int:
+            [tool] = [task for task in self.service.tasks.status() if task["id"] == "tool"]
+            return int(tool["outstanding"])
+
+        yield eventually(lambda: outstanding() == 1)
+        connection.transport.loseConnection()
+        yield connection.closed
+        yield eventually(lambda: outstanding() == 0)
+        self.assertEqual(self.service.tasks.outcomes.get(("tool", "cancelled")), 1)
 
     @defer.inlineCallbacks
     def test_every_refusal_is_one_structured_log_line(self) -> Any:
