@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from spear_twisted.admin import AdminService
+from spear_twisted.admin import AdminService, address_url
 from spear_twisted.admin.site import MAX_BODY_BYTES
 from tests.admin_support import (
     Client,
@@ -26,6 +27,7 @@ from tests.admin_support import (
     spear_config,
     stubborn_task,
 )
+from tests.channel_support import short_temp_dir
 from tests.runtime_support import LogCapture
 
 
@@ -403,6 +405,41 @@ class ServiceTests(TestCase):
         children = list(service)
         self.assertIs(children[0], service.admin)
         self.assertEqual(service.admin.name if service.admin else None, "admin")
+
+
+class AddressTests(TestCase):
+    timeout = 60
+
+    def test_addresses_read_as_urls(self) -> None:
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        self.assertEqual(address_url(IPv4Address("TCP", "127.0.0.1", 7732)), "http://127.0.0.1:7732")
+        self.assertEqual(address_url(IPv6Address("TCP", "::1", 7732)), "http://[::1]:7732")
+        self.assertEqual(address_url(UNIXAddress(b"/run/spear/admin.sock")), "unix:/run/spear/admin.sock")
+
+    @defer.inlineCallbacks
+    def test_the_endpoint_serves_on_a_unix_socket_and_removes_it_when_stopped(self) -> Any:
+        from twisted.internet import protocol
+        from twisted.internet import reactor as real_reactor
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        from tests.admin_support import RawHttp
+
+        path = os.path.join(short_temp_dir(self) + "-admin.sock")
+        # In front of a service that is not running: health says it is not serving.
+        service = AdminService(running_service_target(self), f"unix:{path}")
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        self.assertEqual(service.url, f"unix:{path}")
+        endpoint = UNIXClientEndpoint(real_reactor, path)
+        connection = yield endpoint.connect(protocol.Factory.forProtocol(RawHttp))
+        connection.transport.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = yield connection.closed
+        self.assertTrue(received.startswith(b"HTTP/1.1 503 "), received[:40])
+        self.assertIn(b'"status":"stopping"', received)
+        yield service.stopService()
+        self.assertFalse(os.path.exists(path))
+        self.assertIsNone(service.url)
 
 
 def running_service_target(test: TestCase) -> Any:
