@@ -335,11 +335,9 @@ def format_status(document: dict[str, Any]) -> str:
                     _duration(instance.get("uptime")),
                 ]
             )
-            notes = [
-                f"{key.replace('_', ' ')}: {instance[key]}"
-                for key in ("reason", "last_exit")
-                if instance.get(key)
-            ]
+            notes = [f"last exit: {instance['last_exit']}"] if instance.get("last_exit") else []
+            if instance.get("reason") and instance.get("status") not in SERVING_STATUSES:
+                notes.insert(0, f"reason: {instance['reason']}")
             if notes:
                 reasons.append(f"  {instance.get('instance_id')}: {'; '.join(str(note) for note in notes)}")
     lines += _table(
@@ -370,6 +368,9 @@ def format_status(document: dict[str, Any]) -> str:
     )
     return "\n".join(lines) + "\n"
 
+
+#: Statuses of an instance that serves: its reason (how it got there) is not news.
+SERVING_STATUSES = ("Ready", "Running", "Busy")
 
 #: The connection fields shown, in this order, when the status has them.
 CONNECTION_COLUMNS = (

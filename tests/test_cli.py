@@ -238,7 +238,7 @@ class StatusTableTests(SynchronousTestCase):
                             {
                                 "instance_id": "process:echo-1",
                                 "status": "Ready",
-                                "reason": None,
+                                "reason": "its agent authenticated",
                                 "pid": 4242,
                                 "restarts": 1,
                                 "last_exit": "exit status 3",
@@ -278,6 +278,16 @@ class StatusTableTests(SynchronousTestCase):
             "CONNECTION ID  INSTANCE ID     TRANSPORT  AUTHENTICATED\n"
             "c1             process:echo-1  unix       yes\n",
         )
+
+    def test_the_reason_is_noted_for_an_instance_that_does_not_serve(self) -> None:
+        instance = {
+            "instance_id": "process:echo-1",
+            "status": "Error",
+            "reason": "crash loop",
+            "last_exit": None,
+        }
+        document = {"tasks": [{"id": "echo", "instances": [instance]}], "connections": []}
+        self.assertIn("\n  process:echo-1: reason: crash loop\n", cli.format_status(document))
 
     def test_empty_parts_say_so(self) -> None:
         text = cli.format_status({"version": "0.1.0", "uptime": 0, "tasks": [], "connections": []})
