@@ -92,7 +92,21 @@ class SpearService(MultiService):
     def startService(self) -> None:
         """Start every part; a listener that cannot start fails the start-up."""
         self.started_at = self.reactor.seconds()
-        super().startService()  # type: ignore[no-untyped-call]
+        try:
+            super().startService()  # type: ignore[no-untyped-call]
+        except Exception as e:
+            self.log.critical("The spearlet could not start: {error}", error=str(e))
+            raise
+        tasks = ", ".join(
+            f"{task.id} ({task.min_instances}-{task.max_instances} instances)" for task in self.config.tasks
+        )
+        self.log.info(
+            "spear_twisted {version} running; tasks: {tasks}; agents may connect on {addresses}",
+            version=__version__,
+            tasks=tasks or "none",
+            addresses=", ".join(str(address) for address in self.connections.listening_addresses)
+            or "nothing",
+        )
 
     def stopService(self) -> Deferred[None]:
         """Stop the parts one after the other, last started first; fires once all have stopped."""

@@ -59,9 +59,9 @@ def settings_reference(cls: type[Any], prefix: str = "") -> list[SettingRow]:
             rows.append(SettingRow(key, "array of tables" if array else "table", "", field_doc(field) or ""))
             rows.extend(settings_reference(nested, f"{key}[]." if array else f"{key}."))
             continue
-        default = field.default
+        default: Any = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[attr-defined]
+            default = default.factory()
         rows.append(SettingRow(key, _kind_name(kind), _default_text(default), field_doc(field) or ""))
     return rows
 
