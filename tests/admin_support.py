@@ -6,6 +6,7 @@ HTTP client.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -16,14 +17,14 @@ from twisted.internet import defer, protocol
 from twisted.internet import reactor as real_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from spear_twisted.config import AdminConfig, SpearConfig, TaskConfig
 from spear_twisted.service import SpearService
-from tests.channel_support import short_temp_dir
 from tests.runtime_support import ROOT
+from tests.service_support import service_config, task_config
 
 #: A test agent: echoes, or sleeps, dies, fails, or returns its input, by command.
 AGENT = textwrap.dedent(
@@ -72,28 +73,17 @@ def write_agent(test: Any) -> str:
 
 
 def agent_task(test: Any, task_id: str = "tool", **settings: Any) -> TaskConfig:
-    """A task served by the test agent (this Python, this worktree's source)."""
-    options: dict[str, Any] = {
-        "min_instances": 0,
-        "max_instances": 1,
-        "request_timeout": 30.0,
-        "stop_grace_period": 5.0,
-    }
+    """A task served by the test agent, started on demand, one instance at most."""
+    options: dict[str, Any] = {"min_instances": 0, "max_instances": 1}
     options.update(settings)
-    return TaskConfig(
-        id=task_id,
-        executable=sys.executable,
-        args=("-u", write_agent(test)),
-        env={"PYTHONPATH": ROOT},
-        **options,
-    )
+    return task_config(task_id, ("-u", write_agent(test)), **options)
 
 
 def silent_task(task_id: str = "silent", **settings: Any) -> TaskConfig:
     """A task whose instances start but never connect (so never serve)."""
     options: dict[str, Any] = {"min_instances": 1, "max_instances": 1, "stop_grace_period": 0.0}
     options.update(settings)
-    return TaskConfig(id=task_id, executable=sys.executable, args=("-c", SILENT), **options)
+    return task_config(task_id, ("-c", SILENT), **options)
 
 
 def stubborn_task(task_id: str = "stubborn", **settings: Any) -> TaskConfig:
@@ -105,20 +95,16 @@ def stubborn_task(task_id: str = "stubborn", **settings: Any) -> TaskConfig:
         "kill_timeout": 3.0,
     }
     options.update(settings)
-    return TaskConfig(id=task_id, executable=sys.executable, args=("-c", STUBBORN), **options)
+    return task_config(task_id, ("-c", STUBBORN), **options)
 
 
 def spear_config(test: Any, tasks: tuple[TaskConfig, ...], *, token: str | None = None) -> SpearConfig:
     """A configuration with ``tasks``, Unix sockets in a private directory, admin on a free port."""
-    return SpearConfig(
-        runtime_dir=short_temp_dir(test),
-        admin=AdminConfig(endpoint="tcp:0:interface=127.0.0.1", token=token),
-        tasks=tasks,
-    )
+    return service_config(test, *tasks, admin=AdminConfig(endpoint="tcp:0:interface=127.0.0.1", token=token))
 
 
 def running_service(test: Any, config: SpearConfig) -> SpearService:
-    """A started ``SpearService``; it is stopped (and waited for) after ``test``."""
+    """A started ``SpearService``, stopped (and waited for) after ``test`` unless the test stopped it."""
     service = SpearService(config)
     service.startService()
     test.addCleanup(lambda: service.stopService() if service.running else None)
@@ -160,10 +146,6 @@ class Client:
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Any:
-        import io
-
-        from twisted.web.client import FileBodyProducer
-
         producer = None if body is None else FileBodyProducer(io.BytesIO(body))
         raw = Headers({name: [value] for name, value in (headers or {}).items()})
         response = yield self.agent.request(method.encode(), (self.base_url + path).encode(), raw, producer)
