@@ -296,6 +296,16 @@ class StatusTableTests(SynchronousTestCase):
         )
 
 
+class ConsoleScriptTests(SynchronousTestCase):
+    def test_setup_cfg_installs_spear_as_the_cli_main(self) -> None:
+        import configparser
+
+        parser = configparser.ConfigParser()
+        parser.read(os.path.join(ROOT, "setup.cfg"))
+        scripts = [line.strip() for line in parser["options.entry_points"]["console_scripts"].splitlines()]
+        self.assertIn("spear = spear_twisted.cli:main", scripts)
+
+
 class StartupTests(SynchronousTestCase):
     def test_the_command_imports_no_twisted(self) -> None:
         """``spear`` starts fast: the standard library only."""
