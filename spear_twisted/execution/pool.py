@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spear_twisted.channels.channel import Channel
 from spear_twisted.config import TaskConfig
 from spear_twisted.errors import ShuttingDown, SpearError
 from spear_twisted.execution.scheduler import least_loaded
@@ -59,6 +60,8 @@ class Member:
     served: int = 0
     #: Being stopped by the pool (idle, or the pool is stopping).
     retiring: bool = False
+    #: Its channel, once it has been Ready.
+    channel: Channel | None = None
     idle_timer: IDelayedCall | None = None
 
     @property
@@ -170,6 +173,8 @@ class InstancePool:
             return
         status = event.status
         if status is InstanceStatus.READY:
+            # The channel it authenticated on: the one requests go out on.
+            member.channel = self.runtime.factory.get_channel(member.instance.instance_id)
             self._failures = 0
             self.last_error = None
             self._dispatch()
@@ -212,12 +217,21 @@ class InstancePool:
     # -- the scheduler ------------------------------------------------------------------------------
 
     def _load(self, member: Member) -> int | None:
-        """``member``'s outstanding requests if it can take one more, else ``None``."""
+        """
+        ``member``'s outstanding requests if it can take one more, else
+        ``None``.  It must be healthy: serving (the runtime moves an
+        instance whose process ended or whose agent disconnected out of
+        Ready at once) with its agent connected this very moment (the
+        runtime's ``health_check``, without the record it makes, which
+        would cost as much as the rest of the choice).
+        """
+        channel = member.channel
         if (
             member.retiring
             or member.outstanding >= self.task.max_concurrent_requests
             or member.instance.status not in SERVING
-            or not self.runtime.health_check(member.instance).healthy
+            or channel is None
+            or not channel.is_connected()
         ):
             return None
         return member.outstanding

@@ -140,7 +140,7 @@ class Execution:
             return
         self._member = member
         self.attempts.append(member)
-        channel = self.manager.runtime.factory.get_channel(member.instance.instance_id)
+        channel = member.channel
         if channel is None:
             pending: Deferred[SpearMessage] = defer.fail(
                 ConnectionClosed("the instance has no channel", instance_id=member.instance.instance_id)
