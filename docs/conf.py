@@ -91,6 +91,37 @@ def _configuration_reference(config_class: type) -> str:
         ]
     return "\n".join(lines) + "\n"
 
+    _write_if_changed(out / "admin_http_status.rst", _admin_http_status_table())
+    _write_if_changed(out / "cli_exit_statuses.rst", _cli_exit_status_table())
+
+
+def _admin_http_status_table() -> str:
+    """The admin endpoint's HTTP status for every error code."""
+    from spear_twisted.admin.problems import HTTP_STATUS
+
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 10 10 40",
+        "",
+        "   * - HTTP status",
+        "     - code",
+        "     - name",
+    ]
+    for code, status in sorted(HTTP_STATUS.items(), key=lambda item: (item[1], item[0])):
+        lines += [f"   * - {status}", f"     - {int(code)}", f"     - ``{code.name}``"]
+    return "\n".join(lines) + "\n"
+
+
+def _cli_exit_status_table() -> str:
+    """The ``spear`` command's exit statuses."""
+    from spear_twisted.cli import EXIT_STATUSES
+
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 8 60", "", "   * - status", "     - meaning"]
+    for code, meaning in EXIT_STATUSES:
+        lines += [f"   * - {code}", f"     - {meaning}"]
+    return "\n".join(lines) + "\n"
+
 
 def _write_if_changed(target: Path, text: str) -> None:
     if not target.exists() or target.read_text() != text:

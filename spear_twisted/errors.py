@@ -27,7 +27,8 @@ class ErrorCode(enum.IntEnum):
     The stable error codes carried by ``ErrorMessage.error_code``.
 
     Ranges: 1000 protocol, 1100 authentication, 1200 connection,
-    1300 requests and execution, 1400 the spearlet itself.
+    1300 requests and execution, 1400 the spearlet itself, 1500 the admin
+    HTTP endpoint.
     """
 
     # protocol
@@ -68,6 +69,10 @@ class ErrorCode(enum.IntEnum):
     # the spearlet itself
     INTERNAL_ERROR = 1400
     SHUTTING_DOWN = 1401
+
+    # the admin HTTP endpoint
+    UNKNOWN_ROUTE = 1500
+    METHOD_NOT_ALLOWED = 1501
 
     @property
     def description(self) -> str:
@@ -117,6 +122,8 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ),
     ErrorCode.INTERNAL_ERROR: "An unexpected failure inside the spearlet; its log has the details.",
     ErrorCode.SHUTTING_DOWN: "The spearlet is stopping and accepts no new work.",
+    ErrorCode.UNKNOWN_ROUTE: "The admin endpoint has no resource at that path.",
+    ErrorCode.METHOD_NOT_ALLOWED: "The admin endpoint's resource at that path does not take that HTTP method.",
 }
 
 
@@ -436,6 +443,31 @@ class ShuttingDown(SpearError):
     code = ErrorCode.SHUTTING_DOWN
 
 
+# -- the admin HTTP endpoint ---------------------------------------------------------
+
+
+class AdminError(SpearError):
+    """A request to the admin HTTP endpoint that names no valid operation."""
+
+    code = ErrorCode.UNKNOWN_ROUTE
+
+
+class UnknownRoute(AdminError):
+    """No resource at that path."""
+
+    code = ErrorCode.UNKNOWN_ROUTE
+
+
+class MethodNotAllowed(AdminError):
+    """The resource does not take that method; ``allowed`` lists the ones it takes."""
+
+    code = ErrorCode.METHOD_NOT_ALLOWED
+
+    def __init__(self, message: str, *, allowed: Sequence[str] = (), **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.allowed = tuple(allowed)
+
+
 #: The exception class raised for an ``Error`` message received with a code.
 ERROR_CLASSES: dict[ErrorCode, type[SpearError]] = {
     ErrorCode.PROTOCOL_VIOLATION: ProtocolError,
@@ -467,6 +499,8 @@ ERROR_CLASSES: dict[ErrorCode, type[SpearError]] = {
     ErrorCode.INSTANCE_START_FAILED: InstanceStartFailed,
     ErrorCode.INTERNAL_ERROR: InternalError,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
+    ErrorCode.UNKNOWN_ROUTE: UnknownRoute,
+    ErrorCode.METHOD_NOT_ALLOWED: MethodNotAllowed,
 }
 
 

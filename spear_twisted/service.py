@@ -18,7 +18,7 @@ one::
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -32,6 +32,9 @@ from spear_twisted.connections import ConnectionManager, ConnectionState
 from spear_twisted.execution import TaskExecutionManager
 from spear_twisted.monitoring import MonitoringService
 from spear_twisted.runtime import ProcessRuntime
+
+if TYPE_CHECKING:
+    from spear_twisted.admin import AdminService
 
 
 class SpearService(MultiService):
@@ -66,9 +69,23 @@ class SpearService(MultiService):
         self.tasks = TaskExecutionManager(
             self.runtime, config.tasks, reactor=reactor, monitoring=self.monitoring
         )
+        #: The admin HTTP endpoint, when ``config.admin`` enables it.
+        self.admin: AdminService | None = None
+        if config.admin.enabled:
+            # First: it listens before anything is spawned (a port in use fails the
+            # start-up at once), and it is stopped last, answering 503 meanwhile.
+            self.add_admin()
         # Children start in this order and stop in the reverse order.
         for child in (self.monitoring, self.connections, self.runtime, self.tasks):
             child.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    def add_admin(self) -> AdminService:
+        """Serve the admin HTTP endpoint of ``config.admin`` (a child service named ``admin``)."""
+        from spear_twisted.admin import AdminService
+
+        self.admin = AdminService.from_config(self, self.config.admin, reactor=self.reactor)
+        self.admin.setServiceParent(self)  # type: ignore[no-untyped-call]
+        return self.admin
 
     # -- IService ------------------------------------------------------------------------------------
 

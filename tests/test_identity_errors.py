@@ -191,6 +191,8 @@ class ErrorCodeTests(SynchronousTestCase):
                 "INSTANCE_START_FAILED": 1308,
                 "INTERNAL_ERROR": 1400,
                 "SHUTTING_DOWN": 1401,
+                "UNKNOWN_ROUTE": 1500,
+                "METHOD_NOT_ALLOWED": 1501,
             },
         )
 
