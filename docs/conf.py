@@ -66,6 +66,8 @@ def _write_generated() -> None:
     from spear_twisted.config import SpearConfig
 
     _write_if_changed(out / "configuration.rst", _configuration_reference(SpearConfig))
+    _write_if_changed(out / "admin_http_status.rst", _admin_http_status_table())
+    _write_if_changed(out / "cli_exit_statuses.rst", _cli_exit_status_table())
 
 
 def _configuration_reference(config_class: type) -> str:
@@ -91,9 +93,6 @@ def _configuration_reference(config_class: type) -> str:
         ]
     return "\n".join(lines) + "\n"
 
-    _write_if_changed(out / "admin_http_status.rst", _admin_http_status_table())
-    _write_if_changed(out / "cli_exit_statuses.rst", _cli_exit_status_table())
-
 
 def _admin_http_status_table() -> str:
     """The admin endpoint's HTTP status for every error code."""
@@ -117,7 +116,14 @@ def _cli_exit_status_table() -> str:
     """The ``spear`` command's exit statuses."""
     from spear_twisted.cli import EXIT_STATUSES
 
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 8 60", "", "   * - status", "     - meaning"]
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 8 60",
+        "",
+        "   * - status",
+        "     - meaning",
+    ]
     for code, meaning in EXIT_STATUSES:
         lines += [f"   * - {code}", f"     - {meaning}"]
     return "\n".join(lines) + "\n"
