@@ -101,6 +101,8 @@ STATUS_FOR_CODE: dict[ErrorCode, StatusCode] = {
     ErrorCode.INSTANCE_START_FAILED: StatusCode.UNAVAILABLE,
     ErrorCode.INTERNAL_ERROR: StatusCode.INTERNAL,
     ErrorCode.SHUTTING_DOWN: StatusCode.UNAVAILABLE,
+    ErrorCode.UNKNOWN_ROUTE: StatusCode.UNIMPLEMENTED,
+    ErrorCode.METHOD_NOT_ALLOWED: StatusCode.UNIMPLEMENTED,
 }
 
 
