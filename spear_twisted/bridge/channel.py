@@ -30,7 +30,7 @@ from spear_twisted.bridge import spear_pb2 as pb
 from spear_twisted.bridge.client import ConnectCall
 from spear_twisted.bridge.config import BridgeConfig
 from spear_twisted.bridge.contract import CONNECT_PATH
-from spear_twisted.bridge.endpoints import ALPN_H2, h2_tls_options
+from spear_twisted.bridge.endpoints import client_tls_options, h2_tls_options
 from spear_twisted.bridge.methods import MethodRegistry
 from spear_twisted.bridge.server import BridgeServer
 from spear_twisted.bridge.session import ConnectSession, EnvelopeSessionProtocol, StreamTransport
@@ -194,13 +194,3 @@ class GrpcChannel(Channel):
         transport: Any = call.transport
         StreamTransport(call, transport.getPeer(), transport.getHost()).attach(connection)
         return connection.when_ready()
-
-
-def client_tls_options(host: str, ca_path: str) -> Any:
-    """Client TLS options for ``host``, trusting the PEM certificates of ``ca_path``, offering ALPN ``h2``."""
-    from twisted.internet import ssl
-
-    with open(ca_path, "rb") as f:
-        pem = f.read()
-    authority = ssl.Certificate.loadPEM(pem)
-    return ssl.optionsForClientTLS(host, trustRoot=authority, acceptableProtocols=[ALPN_H2])
