@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from spear_twisted.wire.identity import RuntimeInstanceId
+    from spear_twisted.wire.messages import ExecuteResponse
 
 
 class ErrorCode(enum.IntEnum):
@@ -382,9 +383,18 @@ class NoInstanceAvailable(ExecutionError):
 
 
 class ExecutionTimeout(ExecutionError):
-    """The instance did not finish within the execution timeout."""
+    """
+    The instance did not finish within the execution timeout.
+
+    ``response`` is the ``ExecuteResponse`` with status Timeout that stands
+    for the execution: the instance's own, or one made by the spearlet.
+    """
 
     code = ErrorCode.EXECUTION_TIMEOUT
+
+    def __init__(self, message: str, *, response: ExecuteResponse | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.response = response
 
 
 class InstanceLost(ExecutionError):

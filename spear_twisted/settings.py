@@ -10,6 +10,8 @@ generated.
 
 from __future__ import annotations
 
+import enum
+import typing
 from typing import Any
 
 import attrs
@@ -26,3 +28,89 @@ def field_doc(field: attrs.Attribute[Any]) -> str | None:
     """The documentation of a field made with :func:`setting`."""
     doc = field.metadata.get("doc")
     return doc if isinstance(doc, str) else None
+
+
+@attrs.frozen
+class SettingRow:
+    """One key of a configuration reference."""
+
+    #: The key's path in the file: ``connections.port_range``, ``tasks[].id``.
+    key: str
+    #: What the value is, in TOML's terms: ``integer``, ``array of strings``, ``table``, ...
+    kind: str
+    #: The default as it would be written in the file; ``(required)`` when there is none.
+    default: str
+    doc: str
+
+
+def settings_reference(cls: type[Any], prefix: str = "") -> list[SettingRow]:
+    """
+    Every key of the settings class ``cls`` and of the tables within it, in
+    order, with its kind, default and documentation: the configuration
+    reference, generated so that it cannot drift from the code.
+    """
+    rows: list[SettingRow] = []
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        key = f"{prefix}{field.name}"
+        kind = field.type
+        nested = _table_of(kind)
+        if nested is not None:
+            array = typing.get_origin(kind) is tuple
+            rows.append(SettingRow(key, "array of tables" if array else "table", "", field_doc(field) or ""))
+            rows.extend(settings_reference(nested, f"{key}[]." if array else f"{key}."))
+            continue
+        default: Any = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        rows.append(SettingRow(key, _kind_name(kind), _default_text(default), field_doc(field) or ""))
+    return rows
+
+
+def _table_of(kind: Any) -> type[Any] | None:
+    """The settings class read from a table (or an array of tables) of type ``kind``."""
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        kind = args[0] if args[1:] == (Ellipsis,) else None
+    return kind if attrs.has(kind) and getattr(kind, "__spear_settings__", False) else None
+
+
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _kind_name(kind: Any) -> str:
+    if kind in _SCALARS:
+        return _SCALARS[kind]
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return "one of " + ", ".join(f'"{member.value}"' for member in kind)
+    args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    if type(None) in args:
+        # TOML has no null: an optional key is simply left out.
+        return _kind_name(next(arg for arg in args if arg is not type(None)))
+    if origin is tuple and args[1:] == (Ellipsis,):
+        return f"array of {_kind_name(args[0])}s"
+    if origin is tuple:
+        return f"array of {len(args)} {_kind_name(args[0])}s"
+    if origin is dict:
+        return f"table of {_kind_name(args[1])}s"
+    return str(kind)
+
+
+def _default_text(value: Any) -> str:
+    if value is attrs.NOTHING:
+        return "(required)"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return f'"{value.value}"'
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_default_text(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{name} = {_default_text(item)}" for name, item in value.items()) + "}"
+    return str(value)

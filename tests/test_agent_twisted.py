@@ -36,7 +36,8 @@ from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelAddress, ChannelConfig
 from spear_twisted.channels.tcp import TCPChannel
 from spear_twisted.channels.unix import UnixChannel
-from spear_twisted.errors import ShuttingDown
+from spear_twisted.errors import RequestTimeout, ShuttingDown
+from spear_twisted.execution import cancel_signal
 from spear_twisted.runtime.environment import protocol_environment
 from spear_twisted.wire import (
     CustomSignal,
@@ -277,6 +278,28 @@ class SignalTests(TestCase):
         yield spearlet.channel.when_connected()
         yield spearlet.signal(SignalType.custom("reload"))
         self.assertEqual((yield spearlet.execute("str")).output, "text ")
+
+    @defer.inlineCallbacks
+    def test_the_cancel_signal_abandons_its_request_without_an_answer(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self)
+        yield spearlet.listen()
+        cancelled: list[Any] = []
+
+        def handle(request: ExecuteRequest) -> Any:
+            if request.command == "slow":
+                return Deferred(cancelled.append)
+            return "quick"
+
+        serve(self, handle, spearlet.config())
+        yield spearlet.channel.when_connected()
+        request = SpearMessage.execute_request(0, ExecuteRequest("task-1", "slow"))
+        timed_out = yield self.assertFailure(spearlet.channel.request_response(request, 0.2), RequestTimeout)
+        yield spearlet.channel.send(cancel_signal("task-1", timed_out.request_id))
+        yield wait_until(lambda: len(cancelled) == 1, "the handler's cancellation")
+        self.assertEqual((yield spearlet.execute("next")).output, "quick")
+        self.assertEqual(spearlet.channel.get_stats().late_responses, 0)
 
     @defer.inlineCallbacks
     def test_terminate_lets_running_requests_finish_then_ends_cleanly(

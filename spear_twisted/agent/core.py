@@ -67,8 +67,12 @@ txaio: Any = _txaio
 #: ``ExecuteResponse`` out, directly, through a Deferred/future, or as a coroutine.
 Handler = Callable[[ExecuteRequest], Any]
 
-#: A signal hook: called with each ``SignalMessage`` other than Terminate.
+#: A signal hook: called with each ``SignalMessage`` other than Terminate and cancel.
 SignalHook = Callable[[SignalMessage], Any]
+
+#: The custom signal by which the spearlet abandons a request: its envelope
+#: carries the request's ``request_id`` (``data`` has it in ASCII digits too).
+CANCEL = SignalType.custom("cancel")
 
 _I32 = (-(2**31), 2**31 - 1)
 
@@ -371,6 +375,8 @@ class Agent:
         self._terminating = False
         self._exit_status: int | None = None
         self._running: set[Any] = set()
+        # Request id -> a function that abandons that request (the cancel signal).
+        self._cancellers: dict[int, Callable[[], None]] = {}
 
     def when_finished(self) -> Any:
         """A new future (a Deferred under Twisted) resolved with the exit status once the agent is done."""
@@ -559,13 +565,26 @@ class Agent:
             )
             txaio.cancel(future)
 
+        def abandon() -> None:
+            # The spearlet gave up on the request: no answer, the handler cancelled.
+            if state["done"]:
+                return
+            state["done"] = True
+            if state["timer"] is not None:
+                state["timer"].cancel()
+            self.log.info("Request {request_id} cancelled by the spearlet", request_id=request_id)
+            txaio.cancel(future)
+
         future = txaio.as_future(self.handler, request)
         self._running.add(future)
+        self._cancellers[request_id] = abandon
         if request.timeout:
             state["timer"] = self.clock.call_later(request.timeout, timed_out)
 
         def settled(_: Any) -> None:
             self._running.discard(future)
+            if self._cancellers.get(request_id) is abandon:
+                del self._cancellers[request_id]
 
         txaio.add_callbacks(future, succeeded, failed)
         txaio.add_callbacks(future, settled, settled)
@@ -580,6 +599,9 @@ class Agent:
         assert isinstance(body, SignalMessage)
         if body.signal_type is SignalType.TERMINATE:
             self.terminate("a Terminate signal from the spearlet")
+            return
+        if body.signal_type == CANCEL:
+            self._cancel_request(message.request_id)
             return
         if self.on_signal is None:
             self.log.info("Ignoring signal {signal}: no signal hook", signal=_signal_name(body))
@@ -600,6 +622,15 @@ class Agent:
                 error=txaio.failure_message(failure),
             ),
         )
+
+    def _cancel_request(self, request_id: int) -> None:
+        abandon = self._cancellers.pop(request_id, None)
+        if abandon is None:
+            self.log.info(
+                "Cancel signal for request {request_id}, which is not running", request_id=request_id
+            )
+            return
+        abandon()
 
     # -- ending ------------------------------------------------------------------------------------
 

@@ -1,0 +1,21 @@
+"""
+Tasks and their instances: :class:`TaskExecutionManager` keeps a pool of
+instances per configured task and runs each ``execute`` on the least loaded
+healthy one.
+"""
+
+from spear_twisted.execution.manager import TaskExecutionManager, serving_status
+from spear_twisted.execution.pool import InstancePool, Member
+from spear_twisted.execution.request import CANCEL_SIGNAL, Execution, cancel_signal
+from spear_twisted.execution.scheduler import least_loaded
+
+__all__ = [
+    "CANCEL_SIGNAL",
+    "Execution",
+    "InstancePool",
+    "Member",
+    "TaskExecutionManager",
+    "cancel_signal",
+    "least_loaded",
+    "serving_status",
+]

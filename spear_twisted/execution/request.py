@@ -1,0 +1,293 @@
+"""
+:class:`Execution`: one call of ``execute``, from waiting for an instance to
+the caller's answer.
+
+One deadline covers the whole call: waiting for an instance, then the
+instance's work.  What can happen:
+
+* an instance takes the request and answers: the caller gets its
+  ``ExecuteResponse`` (an answer with status Timeout is an
+  :class:`~spear_twisted.errors.ExecutionTimeout`);
+* no instance can take it before the deadline:
+  :class:`~spear_twisted.errors.NoInstanceAvailable`, saying why;
+* the instance does not answer before the deadline: it is sent the cancel
+  signal (below) and the caller gets
+  :class:`~spear_twisted.errors.ExecutionTimeout`, whose ``response`` has
+  status Timeout;
+* the instance's connection is lost while it works:
+  :class:`~spear_twisted.errors.InstanceLost`; if the task is idempotent,
+  the request is first tried again on another instance while time remains.
+  A request that never left (the connection was already gone) or that the
+  instance refused because it is terminating is always tried again.
+
+The cancel signal is a ``Signal`` whose envelope carries the request's
+``request_id``, with ``signal_type`` ``{"Custom": "cancel"}``, ``task_id`` the
+task's id and ``data`` the request id in ASCII decimal digits.  The agent
+SDK cancels that request's handler and sends no answer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from spear_twisted.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    ErrorCode,
+    ExecutionTimeout,
+    InstanceLost,
+    NoInstanceAvailable,
+    RequestTimeout,
+    SpearError,
+    UnexpectedMessage,
+)
+from spear_twisted.wire import (
+    ExecuteRequest,
+    ExecuteResponse,
+    ExecutionStatus,
+    SignalMessage,
+    SignalType,
+    SpearMessage,
+)
+
+if TYPE_CHECKING:
+    from spear_twisted.execution.manager import TaskExecutionManager
+    from spear_twisted.execution.pool import InstancePool, Member
+
+#: The name of the custom signal that cancels a request.
+CANCEL_SIGNAL = "cancel"
+
+#: The smallest timeout handed to a channel (a deadline reached exactly still sends).
+_MIN_TIMEOUT = 0.001
+
+
+def cancel_signal(task_id: str, request_id: int) -> SpearMessage:
+    """The ``Signal`` asking an instance to abandon request ``request_id`` of ``task_id``."""
+    body = SignalMessage(SignalType.custom(CANCEL_SIGNAL), task_id, str(request_id).encode("ascii"))
+    return SpearMessage.signal(request_id, body)
+
+
+class Execution:
+    """One request's way through the pool; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self, manager: TaskExecutionManager, pool: InstancePool, request: ExecuteRequest, seconds: float
+    ) -> None:
+        self.manager = manager
+        self.pool = pool
+        self.request = request
+        self.seconds = seconds
+        self.clock = manager.reactor
+        self.started = self.clock.seconds()
+        self.deadline = self.started + seconds
+        self.result: Deferred[ExecuteResponse] = Deferred(self._cancelled)
+        #: Instances that took the request, in order.
+        self.attempts: list[Member] = []
+        self._member: Member | None = None
+        self._pending: Deferred[SpearMessage] | None = None
+        self._timer: IDelayedCall | None = None
+        self._done = False
+
+    def begin(self) -> Deferred[ExecuteResponse]:
+        """Start; the caller's Deferred."""
+        self._attempt()
+        return self.result
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline."""
+        return float(self.deadline - self.clock.seconds())
+
+    # -- finding an instance ---------------------------------------------------------------------
+
+    def _attempt(self) -> None:
+        member = self.pool.acquire(self)
+        if member is not None:
+            self.assigned(member)
+        elif not self._done:
+            self._timer = self.clock.callLater(max(0.0, self.remaining()), self._no_instance)
+
+    def _no_instance(self) -> None:
+        self._timer = None
+        self.pool.withdraw(self)
+        self._fail(
+            NoInstanceAvailable(
+                f"no instance of task {self.pool.task.id} could take the request within "
+                f"{self.seconds:g} s ({self.pool.describe_failure()})"
+            ),
+            "no_instance",
+        )
+
+    def refused(self, error: SpearError) -> None:
+        """The pool will give no instance (it is stopping)."""
+        self._cancel_timer()
+        self._fail(error, "refused")
+
+    # -- running it ---------------------------------------------------------------------------------
+
+    def assigned(self, member: Member) -> None:
+        """``member`` takes the request."""
+        self._cancel_timer()
+        if self._done:
+            self.pool.release(member)
+            return
+        self._member = member
+        self.attempts.append(member)
+        channel = member.channel
+        if channel is None:
+            pending: Deferred[SpearMessage] = defer.fail(
+                ConnectionClosed("the instance has no channel", instance_id=member.instance.instance_id)
+            )
+        else:
+            pending = channel.request_response(
+                SpearMessage.execute_request(0, self.request), max(_MIN_TIMEOUT, self.remaining())
+            )
+        # A request that failed at once never left: the connection was already gone.
+        sent = not pending.called
+        self._pending = pending
+        pending.addCallbacks(self._answered, self._failed, callbackArgs=(member,), errbackArgs=(member, sent))
+
+    def _answered(self, message: SpearMessage, member: Member) -> None:
+        self._pending = self._member = None
+        self.pool.release(member)
+        try:
+            body = message.parse_payload()
+        except SpearError as e:
+            self._fail(e, "error")
+            return
+        if not isinstance(body, ExecuteResponse):
+            self._fail(
+                UnexpectedMessage(
+                    f"the instance answered an ExecuteRequest with {message.message_type.value}",
+                    instance_id=member.instance.instance_id,
+                    request_id=message.request_id,
+                ),
+                "error",
+            )
+            return
+        if body.status is ExecutionStatus.TIMEOUT:
+            self._fail(
+                ExecutionTimeout(
+                    f"the instance timed out: {body.error or 'no reason given'}",
+                    instance_id=member.instance.instance_id,
+                    request_id=message.request_id,
+                    response=body,
+                ),
+                "timeout",
+            )
+            return
+        self._succeed(body)
+
+    def _failed(self, failure: Failure, member: Member, sent: bool) -> None:
+        self._pending = self._member = None
+        self.pool.release(member)
+        if self._done:
+            return
+        error = failure.value
+        instance_id = member.instance.instance_id
+        if isinstance(error, RequestTimeout):
+            request_id = error.request_id
+            if request_id is not None:
+                self._send_cancel(member, request_id)
+            self._fail(
+                ExecutionTimeout(
+                    f"task {self.pool.task.id} did not answer within {self.seconds:g} s",
+                    instance_id=instance_id,
+                    request_id=request_id,
+                    response=ExecuteResponse(
+                        self.request.task_id,
+                        ExecutionStatus.TIMEOUT,
+                        error=f"no response within {self.seconds:g} s",
+                        duration_ms=self._elapsed_ms(),
+                    ),
+                ),
+                "timeout",
+            )
+            return
+        if isinstance(error, (ConnectionLost, ConnectionClosed)):
+            if self._may_retry(sent):
+                self.log.info(
+                    "Task {task_id}: instance {instance_id} was lost with request {request_id}; "
+                    "trying another instance",
+                    task_id=self.pool.task.id,
+                    instance_id=str(instance_id),
+                    request_id=error.request_id,
+                )
+                self._attempt()
+                return
+            self._fail(
+                InstanceLost(
+                    f"instance of task {self.pool.task.id} lost while executing: {error.message}",
+                    instance_id=instance_id,
+                    request_id=error.request_id,
+                ),
+                "instance_lost",
+            )
+            return
+        if isinstance(error, SpearError) and error.code is ErrorCode.SHUTTING_DOWN and self._may_retry(False):
+            # The instance refused it unexecuted: it is terminating.
+            self._attempt()
+            return
+        if isinstance(error, SpearError):
+            self._fail(error, "error")
+            return
+        self.log.failure("Task {task_id}: request failed", failure, task_id=self.pool.task.id)
+        self._fail(failure, "error")
+
+    def _may_retry(self, delivered: bool) -> bool:
+        """Whether to try again: time remains, the spearlet runs, the request never ran or may run twice."""
+        return (
+            self.remaining() > 0
+            and bool(self.manager.running)
+            and (not delivered or self.pool.task.idempotent)
+            and len(self.attempts) <= self.pool.task.max_instances
+        )
+
+    def _send_cancel(self, member: Member, request_id: int) -> None:
+        channel = self.manager.runtime.factory.get_channel(member.instance.instance_id)
+        if channel is None or not channel.is_connected():
+            return
+        channel.send(cancel_signal(self.pool.task.id, request_id)).addErrback(lambda _: None)
+
+    # -- ending ------------------------------------------------------------------------------------------
+
+    def _elapsed_ms(self) -> int:
+        return max(0, int((self.clock.seconds() - self.started) * 1000))
+
+    def _succeed(self, response: ExecuteResponse) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.manager.record(self, response.status.value.lower())
+        self.result.callback(response)
+
+    def _fail(self, error: BaseException | Failure, outcome: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.manager.record(self, outcome)
+        self.result.errback(error)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancelled(self, _: Deferred[Any]) -> None:
+        """The caller cancelled: stop waiting, or stop waiting for the answer."""
+        if self._done:
+            return
+        self._done = True
+        self.manager.record(self, "cancelled")
+        self._cancel_timer()
+        self.pool.withdraw(self)
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()
