@@ -169,6 +169,9 @@ class ConnectCall(Protocol):
         self._frame_header = bytearray()
         self._frame_left = 0
         self._goaway: bytearray | None = None
+        #: The last stream id of the server's latest GOAWAY (it takes no new
+        #: calls), once one has come.
+        self.goaway_last_stream_id: int | None = None
         self._lost_waiters: list[Deferred[None]] = []
 
     # -- facts ------------------------------------------------------------------------------
@@ -311,6 +314,7 @@ class ConnectCall(Protocol):
         code = (
             int.from_bytes(payload[4:8], "big") if len(payload) >= 8 else h2.errors.ErrorCodes.PROTOCOL_ERROR
         )
+        self.goaway_last_stream_id = last_stream_id
         if self.ended or (code == h2.errors.ErrorCodes.NO_ERROR and last_stream_id >= self.stream_id):
             return
         self._end(
