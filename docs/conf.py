@@ -51,7 +51,7 @@ def _write_generated() -> None:
         ]
     _write_if_changed(out / "error_codes.rst", "\n".join(lines) + "\n")
 
-    from spear_twisted.bridge.config import BridgeConfig
+    from spear_twisted.bridge.config import BridgeConfig, BridgeServiceConfig
     from spear_twisted.connections import ConnectionManagerConfig
     from spear_twisted.monitoring import MonitoringConfig
 
@@ -59,6 +59,7 @@ def _write_generated() -> None:
         ("connections", ConnectionManagerConfig),
         ("monitoring", MonitoringConfig),
         ("bridge", BridgeConfig),
+        ("bridge_service", BridgeServiceConfig),
     ]:
         _write_if_changed(out / f"settings_{name}.rst", _settings_table(settings_class))
     _write_bridge_statuses(out)
@@ -78,6 +79,12 @@ def _settings_table(settings_class: type) -> str:
     from spear_twisted.settings import field_doc
 
     def shown(value: object) -> str:
+        if isinstance(value, attrs.Factory):
+            value = value.factory()
+        if attrs.has(type(value)):
+            return "a table"
+        if isinstance(value, dict):
+            return "``{" + ", ".join(f"{k} = {v!r}" for k, v in value.items()) + "}``"
         if value is None:
             return "unset"
         if isinstance(value, bool):
