@@ -64,6 +64,34 @@ def _write_generated() -> None:
         _write_if_changed(out / f"settings_{name}.rst", _settings_table(settings_class))
     _write_bridge_statuses(out)
 
+    from spear_twisted.config import SpearConfig
+
+    _write_if_changed(out / "configuration.rst", _configuration_reference(SpearConfig))
+
+
+def _configuration_reference(config_class: type) -> str:
+    """Every key of the configuration file, tables included, with its kind, default and documentation."""
+    from spear_twisted.settings import settings_reference
+
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 30 18 14 38",
+        "",
+        "   * - key",
+        "     - kind",
+        "     - default",
+        "     - meaning",
+    ]
+    for row in settings_reference(config_class):
+        lines += [
+            f"   * - ``{row.key}``",
+            f"     - {row.kind}",
+            f"     - {_shown(row.default)}",
+            f"     - {row.doc}",
+        ]
+    return "\n".join(lines) + "\n"
+
 
 def _write_if_changed(target: Path, text: str) -> None:
     if not target.exists() or target.read_text() != text:
@@ -72,32 +100,7 @@ def _write_if_changed(target: Path, text: str) -> None:
 
 def _settings_table(settings_class: type) -> str:
     """The keys of a settings class (``spear_twisted.settings``) with defaults and documentation."""
-    import enum
-
-    import attrs
-
-    from spear_twisted.settings import field_doc
-
-    def shown(value: object) -> str:
-        if isinstance(value, attrs.Factory):
-            value = value.factory()
-        if attrs.has(type(value)):
-            return "a table"
-        if isinstance(value, dict):
-            return "``{" + ", ".join(f"{k} = {v!r}" for k, v in value.items()) + "}``"
-        if value is None:
-            return "unset"
-        if isinstance(value, bool):
-            return "``true``" if value else "``false``"
-        if isinstance(value, enum.Enum):
-            return f'``"{value.value}"``'
-        if isinstance(value, tuple):
-            return "``[" + ", ".join(str(item) for item in value) + "]``"
-        if isinstance(value, str):
-            return f'``"{value}"``'
-        if isinstance(value, float):
-            return f"``{value:g}``"
-        return f"``{value}``"
+    from spear_twisted.settings import settings_reference
 
     lines = [
         ".. list-table::",
@@ -108,8 +111,8 @@ def _settings_table(settings_class: type) -> str:
         "     - default",
         "     - meaning",
     ]
-    for field in attrs.fields(settings_class):
-        lines += [f"   * - ``{field.name}``", f"     - {shown(field.default)}", f"     - {field_doc(field)}"]
+    for row in settings_reference(settings_class):
+        lines += [f"   * - ``{row.key}``", f"     - {_shown(row.default)}", f"     - {row.doc}"]
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +129,11 @@ def _write_bridge_statuses(out: Path) -> None:
             f"     - ``{status.name}`` ({int(status)})",
         ]
     _write_if_changed(out / "bridge_statuses.rst", "\n".join(lines) + "\n")
+
+
+def _shown(default: str) -> str:
+    """A default as the reference writes it: literal, or a note such as ``(unset)`` as it is."""
+    return f"``{default}``" if default and not default.startswith("(") else default
 
 
 if not os.environ.get("SPEAR_DOCS_SKIP_GENERATED"):

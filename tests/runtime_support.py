@@ -53,6 +53,19 @@ CHILD_ENV = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": ROOT, "LA
 #: ``inherit_env`` for real children.
 CHILD_INHERIT = ("PATH", "PYTHONPATH", "LANG")
 
+#: An agent that answers "alive", and dies with status 3 on the command "crash".
+CRASHING_AGENT = """
+import os
+from spear_twisted.agent import run
+
+def handle(request):
+    if request.command == "crash":
+        os._exit(3)
+    return "alive"
+
+raise SystemExit(run(handle))
+"""
+
 
 # -- the memory reactor ------------------------------------------------------------------------
 

@@ -359,3 +359,15 @@ class ReferenceTests(SynchronousTestCase):
     def test_the_environment_does_not_leak_into_the_reference(self) -> None:
         rows = {row.key: row for row in settings_reference(SpearConfig)}
         self.assertNotIn(os.getcwd(), "".join(row.default for row in rows.values()))
+
+
+class DocumentedExampleTests(SynchronousTestCase):
+    def test_the_example_of_the_configuration_page_is_valid(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "docs", "configuration.rst")) as file:
+            page = file.read()
+        block = page.split(".. code-block:: toml\n", 1)[1].split("\nErrors\n", 1)[0]
+        text = "\n".join(line[4:] for line in block.splitlines())
+        config = loads_config(text, "configuration.rst")
+        self.assertEqual([task.id for task in config.tasks], ["resize"])
+        self.assertEqual(config.admin.token_file, "/etc/spear/admin-token")

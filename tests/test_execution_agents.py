@@ -14,13 +14,13 @@ import os
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from spear_twisted.errors import ExecutionTimeout, InstanceLost, NoInstanceAvailable
+from spear_twisted.errors import ExecutionTimeout, InstanceLost, NoInstanceAvailable, UnknownTask
 from spear_twisted.runtime import BackoffPolicy, InstanceStatus, ProcessRuntimeConfig
 from spear_twisted.wire import ExecuteRequest, ExecutionStatus
-from tests.runtime_support import LogCapture, python_args, with_timeout, write_script
+from tests.runtime_support import CRASHING_AGENT, LogCapture, python_args, with_timeout, write_script
 from tests.service_support import ECHO_ARGS, running_service, task_config
 
 #: Seconds any one step of a test may take on a loaded machine.
@@ -39,18 +39,6 @@ async def handle(request):
         print("handler cancelled", flush=True)
         raise
     return "slow"
-
-raise SystemExit(run(handle))
-"""
-
-CRASHING_AGENT = """
-import os
-from spear_twisted.agent import run
-
-def handle(request):
-    if request.command == "crash":
-        os._exit(3)
-    return "alive"
 
 raise SystemExit(run(handle))
 """
@@ -106,6 +94,46 @@ class EchoTests(TestCase):
         self.assertEqual(response.output, "hello world")
         [task] = service.status()["tasks"]
         self.assertEqual(len(task["instances"]), 1)
+
+    @defer.inlineCallbacks
+    def test_extra_instances_start_under_load_and_stop_when_idle(self) -> Generator[Any, Any, None]:
+        service = running_service(
+            self,
+            task_config(
+                "echo",
+                ECHO_ARGS,
+                min_instances=1,
+                max_instances=2,
+                max_concurrent_requests=1,
+                idle_timeout=0.5,
+            ),
+        )
+        pool = service.tasks.pools["echo"]
+        calls = [service.tasks.execute("echo", ExecuteRequest("echo", "n", [str(n)])) for n in range(8)]
+        self.assertEqual(len(pool.members), 2)
+        yield with_timeout(defer.gatherResults(calls), STEP, "8 requests")
+        stopped = []
+        ended = defer.Deferred()
+
+        def watch(event: Any) -> None:
+            if event.status is InstanceStatus.STOPPED:
+                stopped.append(event.instance_id)
+                if not ended.called:
+                    ended.callback(None)
+
+        unsubscribe = service.runtime.subscribe(watch)
+        self.addCleanup(unsubscribe)
+        yield with_timeout(ended, STEP, "the idle instance's stop")
+        # The pool lets it go once its stop has finished, right after.
+        yield task.deferLater(reactor, 0, lambda: None)
+        [remaining] = pool.members
+        self.assertNotIn(remaining.instance.instance_id, stopped)
+        self.assertEqual(remaining.instance.status, InstanceStatus.READY)
+
+    def test_an_unknown_task_is_refused(self) -> None:
+        service = running_service(self, task_config("echo", ECHO_ARGS, min_instances=0))
+        failure = self.failureResultOf(service.tasks.execute("nope", ExecuteRequest("nope")), UnknownTask)
+        self.assertEqual(failure.value.message, "no task 'nope' is configured (tasks: echo)")
 
 
 class TimeoutTests(TestCase):

@@ -117,6 +117,28 @@ class PoolSizeTests(TestCase):
         pool.reactor.pump()
         self.assertEqual(instance.status, InstanceStatus.STOPPING)
 
+    def test_idleness_is_counted_from_readiness(self) -> None:
+        pool = FakePool(self, min_instances=1, max_instances=2, idle_timeout=5, startup_timeout=60)
+        pool.start()
+        [first] = pool.instances
+        agent = pool.agent(first)
+        results = [pool.execute(), pool.execute()]
+        self.assertEqual(len(pool.reactor.processes), 2)
+        agent.answer_all()
+        agent.answer_all()
+        for result in results:
+            self.successResultOf(result)
+        second = pool.instances[1]
+        pool.reactor.advance(20)
+        self.assertEqual(second.status, InstanceStatus.STARTING)
+        pool.connect()
+        pool.reactor.advance(4.9)
+        self.assertEqual(second.status, InstanceStatus.READY)
+        self.assertEqual(first.status, InstanceStatus.READY)
+        pool.reactor.advance(0.1)
+        pool.reactor.pump()
+        self.assertEqual([first.status, second.status], [InstanceStatus.STOPPING, InstanceStatus.READY])
+
     def test_min_instances_are_never_stopped_for_idleness(self) -> None:
         pool = FakePool(self, min_instances=2, max_instances=2, idle_timeout=10)
         pool.start()

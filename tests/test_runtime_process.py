@@ -37,6 +37,7 @@ from spear_twisted.wire import ExecutionStatus
 from tests.runtime_support import (
     CHILD_ENV,
     CHILD_INHERIT,
+    CRASHING_AGENT,
     PYTHON,
     ROOT,
     LogCapture,
@@ -63,18 +64,6 @@ import os, sys, time
 from spear_twisted.agent.bootstrap import connect_and_authenticate
 from spear_twisted.agent.config import AgentConfig
 connection = connect_and_authenticate(AgentConfig.from_environment())
-"""
-
-CRASHING_AGENT = """
-import os
-from spear_twisted.agent import run
-
-def handle(request):
-    if request.command == "crash":
-        os._exit(3)
-    return "alive"
-
-raise SystemExit(run(handle))
 """
 
 STUBBORN = (

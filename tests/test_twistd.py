@@ -154,7 +154,8 @@ class ForegroundTests(TestCase):
             'inherit_env = ["PATH", "PYTHONPATH", "LANG"]\nstop_grace_period = 1\nkill_timeout = 1\n',
         )
         child = run_twistd(self, "-n", "--pidfile", spearlet.pidfile, "spear", "--config", spearlet.config)
-        yield with_timeout(child.output.when("stubborn and connected"), STEP, "the stubborn agent")
+        # Ready: authenticated as the spearlet sees it, so that stopping begins with Terminate.
+        yield with_timeout(child.output.when("is Ready"), STEP, "the stubborn agent")
         [[pid]] = child.output.spawned().values()
         started = time.monotonic()
         child.signal("TERM")

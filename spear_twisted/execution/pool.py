@@ -76,8 +76,8 @@ class InstancePool:
 
     :param task: the task's configuration.
     :param runtime: where its instances run.
-    :param on_change: called after every change of the pool's make-up (for
-        the manager's bookkeeping of instance ids).
+    :param on_member: called with a member and ``True`` when it joins the
+        pool, ``False`` when it leaves (the manager's index of instance ids).
     """
 
     log = Logger()
@@ -157,7 +157,9 @@ class InstancePool:
 
     def _start_failed(self, failure: Failure, member: Member) -> None:
         # The runtime put the instance in Error and said why; the status
-        # event does the rest.
+        # event does the rest.  One stopped while starting is no news.
+        if self._stopping or member.retiring:
+            return
         self.log.warn(
             "Task {task_id}: instance {instance_id} did not start: {reason}",
             task_id=self.task.id,
@@ -304,7 +306,12 @@ class InstancePool:
         if self.live_count <= self.task.min_instances:
             return
         for member in self.members:
-            if member.idle_timer is None and member.outstanding == 0 and member.live:
+            if (
+                member.idle_timer is None
+                and member.outstanding == 0
+                and member.live
+                and member.instance.status in SERVING
+            ):
                 member.idle_timer = self.reactor.callLater(self.task.idle_timeout, self._idle_expired, member)
 
     def _cancel_idle(self, member: Member) -> None:
@@ -314,12 +321,19 @@ class InstancePool:
 
     def _idle_expired(self, member: Member) -> None:
         member.idle_timer = None
+        # The others serving must be min_instances without it: an instance
+        # still starting may never be Ready.
+        serving = sum(
+            1
+            for other in self.members
+            if other is not member and other.live and other.instance.status in SERVING
+        )
         if (
             self._stopping
             or member.outstanding
             or not member.live
             or self.waiting
-            or self.live_count <= self.task.min_instances
+            or serving < self.task.min_instances
         ):
             return
         self.log.info(
