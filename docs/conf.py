@@ -51,7 +51,7 @@ def _write_generated() -> None:
         ]
     _write_if_changed(out / "error_codes.rst", "\n".join(lines) + "\n")
 
-    from spear_twisted.bridge.config import BridgeConfig
+    from spear_twisted.bridge.config import BridgeConfig, BridgeServiceConfig
     from spear_twisted.connections import ConnectionManagerConfig
     from spear_twisted.monitoring import MonitoringConfig
 
@@ -59,6 +59,7 @@ def _write_generated() -> None:
         ("connections", ConnectionManagerConfig),
         ("monitoring", MonitoringConfig),
         ("bridge", BridgeConfig),
+        ("bridge_service", BridgeServiceConfig),
     ]:
         _write_if_changed(out / f"settings_{name}.rst", _settings_table(settings_class))
     _write_bridge_statuses(out)

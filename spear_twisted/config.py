@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from spear_twisted.bridge.config import BridgeServiceConfig
 from spear_twisted.channels.config import TRANSPORTS
 from spear_twisted.connections.config import ConnectionManagerConfig
 from spear_twisted.errors import InvalidMessage
@@ -265,6 +266,10 @@ class SpearConfig:
         attrs.Factory(ProcessRuntimeConfig), doc="How instance processes are started and restarted."
     )
     admin: AdminConfig = setting(attrs.Factory(AdminConfig), doc="The admin HTTP endpoint.")
+    bridge: BridgeServiceConfig = setting(
+        attrs.Factory(BridgeServiceConfig),
+        doc="The gRPC bridge: ``Execute`` and ``Status`` for callers, ``Connect`` for agents.",
+    )
     tasks: tuple[TaskConfig, ...] = setting((), doc="The tasks (``[[tasks]]`` tables).")
 
     def __attrs_post_init__(self) -> None:

@@ -6,8 +6,10 @@ It assembles, from one :class:`~spear_twisted.config.SpearConfig`, the
 :class:`~spear_twisted.connections.ConnectionManager`, the
 :class:`~spear_twisted.runtime.ProcessRuntime` and the
 :class:`~spear_twisted.execution.TaskExecutionManager`, as child services
-that start in that order.  They stop in the reverse order, each once the one
-before it has finished: the tasks' instances are stopped (their requests in
+that start in that order, and the gRPC bridge last when the ``bridge``
+table says where it listens (:func:`make_bridge_service`).  They stop in the
+reverse order, each once the one before it has finished: the bridge stops
+taking calls first, the tasks' instances are stopped (their requests in
 flight finish while they do) before the runtime, and the connections are
 closed last.  ``twistd spear`` runs one; any Twisted application can hold
 one::
@@ -35,6 +37,7 @@ from spear_twisted.runtime import ProcessRuntime
 
 if TYPE_CHECKING:
     from spear_twisted.admin import AdminService
+    from spear_twisted.bridge.server import BridgeService
 
 
 class SpearService(MultiService):
@@ -78,6 +81,12 @@ class SpearService(MultiService):
         # Children start in this order and stop in the reverse order.
         for child in (self.monitoring, self.connections, self.runtime, self.tasks):
             child.setServiceParent(self)  # type: ignore[no-untyped-call]
+        #: The gRPC bridge, when ``bridge.listen`` names where: started last,
+        #: it stops first (no new calls while the tasks stop).
+        self.bridge: BridgeService | None = None
+        if config.bridge.listen:
+            self.bridge = make_bridge_service(self)
+            self.bridge.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def add_admin(self) -> AdminService:
         """Serve the admin HTTP endpoint of ``config.admin`` (a child service named ``admin``)."""
@@ -140,6 +149,34 @@ class SpearService(MultiService):
     def metrics_text(self) -> bytes:
         """Every metric (connections, messages, operations, tasks) in the Prometheus text format."""
         return self.monitoring.metrics_text()
+
+
+def make_bridge_service(service: SpearService) -> BridgeService:
+    """
+    The gRPC bridge of ``service``, as its ``bridge`` table says: ``Execute``
+    and ``Status`` on its tasks (:class:`~spear_twisted.bridge.backend.TaskExecutionBackend`)
+    for the callers it names, and ``Connect`` through its ConnectionManager.
+
+    :raises ValueError: when a caller's token file cannot be used.
+    """
+    from spear_twisted.bridge.auth import BearerTokenAuthenticator, allow_any_caller
+    from spear_twisted.bridge.backend import TaskExecutionBackend
+    from spear_twisted.bridge.server import BridgeService, make_spear_bridge
+    from spear_twisted.bridge.session import ConnectSession
+
+    settings = service.config.bridge
+    tokens = settings.caller_tokens()
+    authenticator: Any = allow_any_caller if settings.allow_any_caller else None
+    if tokens:
+        authenticator = BearerTokenAuthenticator(tokens)
+    server = make_spear_bridge(
+        TaskExecutionBackend(service),
+        ConnectSession(service.connections) if settings.connect else None,
+        config=settings.http2,
+        authenticator=authenticator,
+        clock=service.reactor,
+    )
+    return BridgeService(server, settings.listen, reactor=service.reactor, allow_remote=settings.allow_remote)
 
 
 def describe_connection(state: ConnectionState) -> dict[str, Any]:

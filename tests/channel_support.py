@@ -23,6 +23,11 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from spear_twisted.auth import SecretRegistry
+from spear_twisted.bridge.call import DATA
+from spear_twisted.bridge.channel import GrpcChannel
+from spear_twisted.bridge.client import ConnectCall
+from spear_twisted.bridge.contract import envelope_from_message, message_from_envelope
+from spear_twisted.bridge.session import StreamTransport
 from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelAddress, ChannelConfig
 from spear_twisted.channels.memory import MemoryHub
@@ -44,7 +49,12 @@ from spear_twisted.wire import (
     StreamDataMessage,
 )
 
-CHANNEL_TYPES: dict[str, type[Channel]] = {"unix": UnixChannel, "tcp": TCPChannel, "memory": MemoryChannel}
+CHANNEL_TYPES: dict[str, type[Channel]] = {
+    "unix": UnixChannel,
+    "tcp": TCPChannel,
+    "grpc": GrpcChannel,
+    "memory": MemoryChannel,
+}
 
 #: Reactor turns after which something that has not happened is taken not to happen.
 QUIET_TURNS = 50
@@ -141,7 +151,12 @@ def buffered_bytes(transport: Any) -> int:
 
     Socket transports have no public view of their write buffer: this reads
     ``FileDescriptor``'s private ``dataBuffer``/``offset``/``_tempDataLen``.
+    A gRPC stream's are the messages it holds back from HTTP/2 (the peer's
+    window is closed).
     """
+    if isinstance(transport, StreamTransport):
+        outbox = transport.stream.outbox  # type: ignore[attr-defined]
+        return sum(len(payload) for kind, payload, _ in outbox if kind == DATA)
     if hasattr(transport, "buffered_bytes"):
         return int(transport.buffered_bytes)
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -149,6 +164,8 @@ def buffered_bytes(transport: Any) -> int:
 
 def high_water(transport: Any) -> int:
     """The buffered size above which ``transport`` pauses its producer."""
+    if isinstance(transport, StreamTransport):
+        return 0  # a session's send waits as soon as HTTP/2 cannot take the message
     hub = getattr(transport, "hub", None)
     if hub is not None:
         return int(hub.high_water)
@@ -251,9 +268,52 @@ class FrameCollector(protocol.Protocol):
         return waiter
 
 
-def connect_raw(address: ChannelAddress, hub: MemoryHub | None = None) -> Deferred[FrameCollector]:
-    """Connect a :class:`FrameCollector` to ``address``; fires once connected."""
+class EnvelopeCollector:
+    """
+    :class:`FrameCollector` for the gRPC bridge: a bare ``Connect`` call that
+    sends what the test gives it and keeps every message it receives;
+    ``lost`` fires when the call ends.
+    """
+
+    def __init__(self, call: ConnectCall) -> None:
+        self.call = call
+        self.messages: list[SpearMessage] = []
+        self.lost: Deferred[Any] = Deferred()
+        self._waiting: list[tuple[int, Deferred[None]]] = []
+        call.set_receiver(self._received, self.lost.callback)
+
+    def _received(self, envelope: Any, _size: int) -> None:
+        self.messages.append(message_from_envelope(envelope))
+        waiting, self._waiting = self._waiting, []
+        for count, waiter in waiting:
+            if len(self.messages) >= count:
+                waiter.callback(None)
+            else:
+                self._waiting.append((count, waiter))
+
+    def send(self, message: SpearMessage) -> None:
+        self.call.send(envelope_from_message(message)).addErrback(lambda _: None)
+
+    def when_messages(self, count: int) -> Deferred[None]:
+        if len(self.messages) >= count:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiting.append((count, waiter))
+        return waiter
+
+
+def connect_raw(address: ChannelAddress, hub: MemoryHub | None = None) -> Deferred[Any]:
+    """Connect a :class:`FrameCollector` (an :class:`EnvelopeCollector` for gRPC) to ``address``."""
     factory = protocol.Factory.forProtocol(FrameCollector)
+    if address.transport == "grpc":
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        assert address.host is not None and address.port is not None
+        call = ConnectCall(clock=real_reactor, authority=f"{address.host}:{address.port}")
+        endpoint = TCP4ClientEndpoint(real_reactor, address.host, address.port)
+        return connectProtocol(endpoint, call).addCallback(  # type: ignore[no-any-return]
+            lambda _: EnvelopeCollector(call)
+        )
     if address.path is not None:
         from twisted.internet.endpoints import UNIXClientEndpoint
 

@@ -39,6 +39,14 @@ class FromEnvironmentTests(SynchronousTestCase):
         self.assertEqual((config.transport, config.host, config.port), ("tcp", "127.0.0.1", 9123))
         self.assertEqual(config.address, "tcp:127.0.0.1:9123")
 
+    def test_a_grpc_instance_with_and_without_tls(self) -> None:
+        grpc = {**TCP, "SPEAR_COMMUNICATION_TYPE": "grpc"}
+        config = AgentConfig.from_environment(grpc)
+        self.assertEqual((config.transport, config.host, config.port), ("grpc", "127.0.0.1", 9123))
+        self.assertEqual((config.address, config.tls_ca_path), ("grpc:127.0.0.1:9123", None))
+        config = AgentConfig.from_environment({**grpc, "SPEAR_TLS_CA_PATH": "/etc/spear/ca.pem"})
+        self.assertEqual(config.tls_ca_path, "/etc/spear/ca.pem")
+
     def test_the_older_spellings_alone_are_enough(self) -> None:
         config = AgentConfig.from_environment(
             {
@@ -80,7 +88,15 @@ class FromEnvironmentTests(SynchronousTestCase):
         cases = [
             ({**UNIX, "SPEAR_SECRET": ""}, "SPEAR_SECRET is not set"),
             ({**UNIX, "SPEAR_SOCKET_PATH": ""}, "a unix transport needs socket_path (SPEAR_SOCKET_PATH)"),
-            ({**UNIX, "SPEAR_COMMUNICATION_TYPE": "grpc"}, "transport 'grpc' is not supported"),
+            ({**UNIX, "SPEAR_COMMUNICATION_TYPE": "quic"}, "transport 'quic' is not supported"),
+            (
+                {**UNIX, "SPEAR_COMMUNICATION_TYPE": "grpc"},
+                "a grpc transport needs port (SPEAR_COMMUNICATION_PORT",
+            ),
+            (
+                {**TCP, "SPEAR_TLS_CA_PATH": "/etc/ca.pem"},
+                "SPEAR_TLS_CA_PATH) is for the grpc transport only",
+            ),
             (
                 {**TCP, "SPEAR_COMMUNICATION_PORT": "http"},
                 "SPEAR_COMMUNICATION_PORT='http' is not a port number",

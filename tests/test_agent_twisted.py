@@ -28,6 +28,10 @@ from spear_twisted.agent import (
 )
 from spear_twisted.agent.bootstrap import connect_and_authenticate
 from spear_twisted.auth import SecretRegistry
+from spear_twisted.bridge import spear_pb2 as pb
+from spear_twisted.bridge.channel import GrpcChannel
+from spear_twisted.bridge.methods import MethodRegistry
+from spear_twisted.bridge.server import BridgeServer
 from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelAddress, ChannelConfig
 from spear_twisted.channels.tcp import TCPChannel
@@ -47,7 +51,8 @@ from spear_twisted.wire import (
     SignalType,
     SpearMessage,
 )
-from tests.channel_support import ClockReactor, short_temp_dir, wait_until
+from tests.bridge_support import self_signed_certificate
+from tests.channel_support import ClockReactor, short_temp_dir, turns, wait_until
 
 txaio.use_twisted()
 
@@ -60,15 +65,15 @@ INSTANCE = RuntimeInstanceId(RuntimeType.PROCESS, "agent-1")
 class Spearlet:
     """The spearlet side of one instance: a listening channel and its secret."""
 
-    def __init__(self, test: TestCase, transport: str = "unix") -> None:
+    def __init__(self, test: TestCase, transport: str = "unix", **config: Any) -> None:
         self.test = test
         self.registry = SecretRegistry()
         self.secret = self.registry.issue(INSTANCE)
-        kind = UnixChannel if transport == "unix" else TCPChannel
+        kind = {"unix": UnixChannel, "tcp": TCPChannel, "grpc": GrpcChannel}[transport]
         self.channel: Channel = kind(
             INSTANCE,
             config=ChannelConfig(
-                runtime_dir=short_temp_dir(test), heartbeat_interval=None, heartbeat_timeout=None
+                runtime_dir=short_temp_dir(test), heartbeat_interval=None, heartbeat_timeout=None, **config
             ),
             validator=self.registry,
         )
@@ -421,3 +426,110 @@ class ConnectionTests(TestCase):
         )
         agent = serve(self, forms(real_reactor), config)
         self.assertEqual((yield agent.when_finished()), EXIT_PROTOCOL)
+
+
+class GrpcTransportTests(TestCase):
+    """The Twisted agent over the gRPC bridge (a ``ConnectCall`` of its own; no grpcio)."""
+
+    @defer.inlineCallbacks
+    def test_requests_signals_and_terminate_over_grpc(self) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self, "grpc")
+        yield spearlet.listen()
+        config = spearlet.config()
+        self.assertEqual((config.transport, config.address), ("grpc", f"grpc:127.0.0.1:{config.port}"))
+        signals: list[Any] = []
+        agent = serve(self, forms(real_reactor), config, on_signal=signals.append)
+        yield spearlet.channel.when_connected()
+        self.assertEqual(spearlet.channel.get_stats().transport, "grpc")
+        answers = yield defer.gatherResults([spearlet.execute("str", str(n)) for n in range(10)])
+        self.assertEqual([a.output for a in answers], [f"text {n}" for n in range(10)])
+        failed = yield spearlet.execute("failed")
+        self.assertEqual(
+            (failed.status, failed.error, failed.exit_code), (ExecutionStatus.FAILED, "no luck", 4)
+        )
+        yield spearlet.signal(SignalType.PAUSE)
+        yield wait_until(lambda: signals, "the signal hook")
+        self.assertEqual(signals[0].signal_type, SignalType.PAUSE)
+        yield spearlet.signal(SignalType.TERMINATE)
+        self.assertEqual((yield agent.when_finished()), EXIT_OK)
+        yield wait_until(lambda: not spearlet.channel.is_connected(), "the close")
+        self.assertEqual(spearlet.channel.get_stats().connection_errors, 0)
+
+    @defer.inlineCallbacks
+    def test_a_lost_grpc_call_is_reestablished_with_backoff(self) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self, "grpc")
+        yield spearlet.listen()
+        clock = ClockReactor()
+        agent = serve(self, forms(real_reactor), spearlet.config(retry_delay=2), reactor=clock)
+        yield spearlet.channel.when_connected()
+        yield wait_until(lambda: agent.connections == 1, "the agent reading its AuthResponse")
+        connection = spearlet.channel.connection
+        assert connection is not None
+        connection.abort()
+        yield wait_until(lambda: agent.connection is None, "the loss")
+        clock.advance(1.9)
+        yield turns()
+        self.assertFalse(spearlet.channel.is_connected())
+        clock.advance(0.1)
+        yield spearlet.channel.when_connected()
+        yield wait_until(lambda: agent.connections == 2, "the second authentication")
+        self.assertEqual((yield spearlet.execute("str", "again")).output, "text again")
+
+    @defer.inlineCallbacks
+    def test_an_unreachable_grpc_spearlet_makes_the_agent_exit_69(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self, "grpc")
+        yield spearlet.listen()
+        config = spearlet.config(max_retries=2, retry_delay=1)
+        yield spearlet.channel.close()  # nobody listens there any more
+        clock = ClockReactor()
+        agent = serve(self, forms(real_reactor), config, reactor=clock)
+        finished = agent.when_finished()
+        for attempt in (1, 2):
+            yield wait_until(lambda attempt=attempt: agent.attempts == attempt, f"failed attempt {attempt}")
+            self.assertNoResult(finished)
+            clock.advance(2)
+        self.assertEqual((yield finished), EXIT_UNREACHABLE)
+
+    @defer.inlineCallbacks
+    def test_a_refused_secret_over_grpc_exits_77(self) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self, "grpc")
+        yield spearlet.listen()
+        agent = serve(self, forms(real_reactor), spearlet.config(secret="not-the-right-secret"))
+        self.assertEqual((yield agent.when_finished()), EXIT_AUTH_REFUSED)
+        self.assertEqual(spearlet.channel.last_connection_error, "invalid token")
+
+    @defer.inlineCallbacks
+    def test_an_invalid_envelope_from_the_spearlet_makes_the_agent_exit_76(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        def garbage(stream: Any, _context: Any) -> Deferred[None]:
+            # An envelope without a timestamp: not a message of the protocol.
+            sending: Deferred[None] = stream.send(
+                pb.Envelope(message_type=pb.MESSAGE_TYPE_AUTH_RESPONSE, version=1)
+            )
+            return sending.addCallback(lambda _: stream.receive()).addCallback(lambda _: None)
+
+        methods = MethodRegistry()
+        methods.add_bidi_stream("/spear.v1.SpearBridge/Connect", pb.Envelope, pb.Envelope, garbage)
+        server = BridgeServer(methods)
+        port = real_reactor.listenTCP(0, server, interface="127.0.0.1")
+        self.addCleanup(server.shutdown, 0)
+        self.addCleanup(port.stopListening)
+        config = AgentConfig(
+            instance_id=str(INSTANCE), secret="some-secret-value", transport="grpc", port=port.getHost().port
+        )
+        agent = serve(self, forms(real_reactor), config)
+        self.assertEqual((yield agent.when_finished()), EXIT_PROTOCOL)
+
+    @defer.inlineCallbacks
+    def test_over_tls_trusting_the_ca_the_spearlet_names(self) -> Generator[Deferred[Any], Any, None]:
+        cert, key, _pem = self_signed_certificate(self.mktemp())
+        spearlet = Spearlet(self, "grpc", tls_cert_path=cert, tls_key_path=key)
+        yield spearlet.listen()
+        config = spearlet.config(host="localhost")
+        self.assertEqual(config.tls_ca_path, cert)
+        serve(self, forms(real_reactor), config)
+        yield spearlet.channel.when_connected()
+        self.assertEqual((yield spearlet.execute("str", "tls")).output, "text tls")

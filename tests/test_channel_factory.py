@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from spear_twisted.auth import SecretRegistry
+from spear_twisted.bridge.channel import GrpcChannel
 from spear_twisted.channels.config import ChannelConfig
 from spear_twisted.channels.factory import (
     DEFAULT_TRANSPORTS,
@@ -140,14 +141,32 @@ class CommunicationFactoryTests(TestCase):
         yield self.dial(channel)
 
     @defer.inlineCallbacks
-    def test_kubernetes_falls_back_to_tcp_and_says_grpc_is_not_available(self) -> Gen:
-        log = LogCapture(self)
+    def test_kubernetes_instances_get_a_grpc_channel(self) -> Gen:
         channel = yield self.factory.create_channel_for_instance(instance("pod-1", RuntimeType.KUBERNETES))
+        self.assertIsInstance(channel, GrpcChannel)
+        self.assertTrue(verifyObject(ICommunicationChannel, channel))
+        self.assertEqual(channel.address.host, "127.0.0.1")
+        environment = channel.address.environment()
+        self.assertEqual(environment["SPEAR_COMMUNICATION_TYPE"], "grpc")
+        self.assertEqual(environment["SPEAR_COMMUNICATION_PORT"], str(channel.address.port))
+        yield self.dial(channel)
+        self.assertEqual(channel.get_stats().transport, "grpc")
+
+    @defer.inlineCallbacks
+    def test_kubernetes_falls_back_to_tcp_when_grpc_cannot_listen(self) -> Gen:
+        log = LogCapture(self)
+        # TLS is configured for the gRPC listener, but its certificate is missing.
+        missing = os.path.join(short_temp_dir(self), "missing.pem")
+        config = ChannelConfig(tls_cert_path=missing, tls_key_path=missing)
+        iid = instance("pod-1", RuntimeType.KUBERNETES)
+        channel = yield self.factory.create_channel_for_instance(iid, config)
         self.assertIsInstance(channel, TCPChannel)
+        self.assertEqual(channel.address.environment()["SPEAR_COMMUNICATION_TYPE"], "tcp")
         texts = log.texts()
         self.assertTrue(
-            any("Transport grpc is not available for kubernetes:pod-1" in t for t in texts), texts
+            any("Transport grpc failed for kubernetes:pod-1: cannot read TLS file" in t for t in texts), texts
         )
+        self.assertTrue(any("kubernetes:pod-1 uses tcp after grpc" in t for t in texts), texts)
         yield self.dial(channel)
 
     @defer.inlineCallbacks
@@ -199,7 +218,7 @@ class CommunicationFactoryTests(TestCase):
         self.assertIsNone(self.factory.get_channel(iid))
 
     @defer.inlineCallbacks
-    def test_failure_lists_a_transport_that_is_not_available(self) -> Gen:
+    def test_kubernetes_failure_names_grpc_and_tcp_with_their_reasons(self) -> Gen:
         port, holder = taken_port()
         self.addCleanup(holder.stopListening)
         iid = instance("pod-1", RuntimeType.KUBERNETES)
@@ -208,7 +227,18 @@ class CommunicationFactoryTests(TestCase):
             self.factory.create_channel_for_instance(iid, config), ConnectionFailed
         )
         self.assertEqual([transport for transport, _ in error.attempts], ["grpc", "tcp"])
-        self.assertIn("not available", dict(error.attempts)["grpc"])
+        for _transport, reason in error.attempts:
+            self.assertIn(str(port), reason)
+
+    @defer.inlineCallbacks
+    def test_failure_lists_a_transport_that_is_not_available(self) -> Gen:
+        factory = CommunicationFactory(
+            strategies={RuntimeType.KUBERNETES: CommunicationStrategy(RuntimeType.KUBERNETES, ("quic",))}
+        )
+        iid = instance("pod-1", RuntimeType.KUBERNETES)
+        error = yield self.assertFailure(factory.create_channel_for_instance(iid), ConnectionFailed)
+        self.assertEqual([transport for transport, _ in error.attempts], ["quic"])
+        self.assertIn("not available", dict(error.attempts)["quic"])
 
     # -- addresses ------------------------------------------------------------------------
 

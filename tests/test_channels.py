@@ -3,11 +3,12 @@ The ICommunicationChannel contract, over every transport.
 
 :class:`ChannelContractMixin` holds the behaviour every channel must have; it
 runs over real Unix sockets (in a temporary runtime directory), real TCP on
-loopback, and the in-process memory transport.  Time-driven behaviour
+loopback, the gRPC bridge on loopback, and the in-process memory transport.  Time-driven behaviour
 (request and auth timeouts, heartbeats, latency, uptime) runs over the same
 real sockets with time taken from a ``task.Clock`` (see
 ``tests/channel_support.py``).  Transport-specific checks live in
-``test_channel_unix.py``, ``test_channel_tcp.py`` and the factory in
+``test_channel_unix.py``, ``test_channel_tcp.py``, ``test_bridge_channel.py``
+(the gRPC bridge against grpcio agents) and the factory in
 ``test_channel_factory.py``.
 """
 
@@ -448,7 +449,9 @@ class ChannelContractMixin:
         self.assertLessEqual(queued, size + 1)
         # Whether the channel paused reading has no public view: the protocol's flag.
         self.assertTrue(server.connection._read_paused)
-        if self.transport != "memory":
+        # A socket of its own stops being read (a gRPC stream shares its
+        # HTTP/2 connection with others: it stops acknowledging instead).
+        if self.transport in ("unix", "tcp"):
             self.assertNotIn(server.connection.transport, real_reactor.getReaders())
         yield turns()
         self.assertEqual(server.get_stats().queued_messages, queued)
@@ -459,7 +462,7 @@ class ChannelContractMixin:
             received.append(message.parse_payload().sequence)
         self.assertEqual(received, list(range(count)))
         self.assertFalse(server.connection._read_paused)
-        if self.transport != "memory":
+        if self.transport in ("unix", "tcp"):
             self.assertIn(server.connection.transport, real_reactor.getReaders())
         results = yield defer.DeferredList(sends)
         self.assertTrue(all(ok for ok, _ in results))
@@ -768,6 +771,28 @@ class UnixChannelContractTests(ChannelContractMixin, TestCase):
 
 class TCPChannelContractTests(ChannelContractMixin, TestCase):
     transport = "tcp"
+
+
+class GrpcChannelContractTests(ChannelContractMixin, TestCase):
+    """The contract over the gRPC bridge: the agent's side dials with a Twisted ``ConnectCall``."""
+
+    transport = "grpc"
+
+    @defer.inlineCallbacks
+    def test_round_trips_when_the_spearlet_dials(self) -> Gen:
+        # Over gRPC the spearlet only listens: its side refuses to dial,
+        # saying who does.
+        iid = instance("worker-1")
+        token = self.maker.registry.issue(iid)
+        agent = self.maker.channel(iid, role=Role.AGENT, token=token)
+        with self.assertRaises(ValueError) as raised:
+            yield agent.listen()
+        self.assertIn("dials the spearlet", str(raised.exception))
+        server = self.maker.channel(iid)
+        with self.assertRaises(ValueError) as raised:
+            yield server.connect_to("127.0.0.1", 9)
+        self.assertIn("agents dial it", str(raised.exception))
+        yield self._round_trips(agent_dials=True)
 
 
 class MemoryChannelContractTests(ChannelContractMixin, TestCase):

@@ -1,7 +1,8 @@
 """
 The agent under asyncio: an ``asyncio.Protocol`` that feeds an
 :class:`~spear_twisted.agent.core.AgentConnection`, and the event loop's
-connections to dial with.  Nothing here imports Twisted.
+connections to dial with (grpcio's ``grpc.aio`` for the gRPC bridge:
+:mod:`spear_twisted.agent.aio_grpc`).  Nothing here imports Twisted.
 
 txaio must be using asyncio (``txaio.use_asyncio()``) before this module is
 imported; :func:`spear_twisted.agent.run` does that.
@@ -20,6 +21,10 @@ from spear_twisted.agent.bootstrap import Bootstrap
 from spear_twisted.agent.config import AgentConfig
 from spear_twisted.agent.core import Agent, AgentConnection, Handler, SignalHook
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from spear_twisted.wire import SpearMessage
+
 # txaio's functions are bound when its framework is chosen: untyped.
 txaio: Any = _txaio
 
@@ -30,8 +35,8 @@ class _Transport:
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
 
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
+    def send_message(self, message: SpearMessage) -> None:
+        self._transport.write(message.to_frame())
 
     def close(self) -> None:
         self._transport.close()
@@ -86,6 +91,11 @@ def start_agent(
     txaio.config.loop = loop
 
     async def connect(connection: AgentConnection) -> None:
+        if config.transport == "grpc":
+            from spear_twisted.agent import aio_grpc
+
+            await aio_grpc.connect(connection, config, loop)
+            return
         if config.transport == "unix":
             dialling = loop.create_unix_connection(lambda: AgentProtocol(connection), config.socket_path)
         else:

@@ -31,7 +31,7 @@ EXIT_AUTH_REFUSED = 77
 EXIT_CONFIG = 78
 
 #: ``SPEAR_COMMUNICATION_TYPE`` values the SDK connects over.
-TRANSPORTS = ("unix", "tcp")
+TRANSPORTS = ("unix", "tcp", "grpc")
 
 # PROTOCOL.md section 6; spear_twisted.wire.constants holds the same values
 # (importing it would load the whole wire layer before authenticating).
@@ -52,8 +52,10 @@ class AgentConfig:
     """
     The agent's settings.
 
-    ``transport`` is ``"unix"`` (with ``socket_path``) or ``"tcp"`` (with
-    ``host`` and ``port``).  Reconnection after a lost connection waits
+    ``transport`` is ``"unix"`` (with ``socket_path``), ``"tcp"`` or
+    ``"grpc"`` (with ``host`` and ``port``; the gRPC bridge goes over TLS,
+    trusting the PEM certificates of ``tls_ca_path``, when that is set).
+    Reconnection after a lost connection waits
     ``retry_delay`` seconds, doubling up to ``max_retry_delay``, for at most
     ``max_retries`` attempts; the same rule covers the first connection.
     """
@@ -74,6 +76,7 @@ class AgentConfig:
         "retry_delay",
         "secret",
         "socket_path",
+        "tls_ca_path",
         "transport",
     )
 
@@ -96,6 +99,7 @@ class AgentConfig:
         client_type: str = "spear_twisted-python",
         client_version: str = __version__,
         extra_params: Mapping[str, str] | None = None,
+        tls_ca_path: str | None = None,
     ) -> None:
         self.instance_id = _text("instance_id", instance_id)
         self.secret = _text("secret", secret)
@@ -107,8 +111,13 @@ class AgentConfig:
         self.transport = transport
         if transport == "unix" and not socket_path:
             raise AgentConfigError("a unix transport needs socket_path (SPEAR_SOCKET_PATH)")
-        if transport == "tcp" and port is None:
-            raise AgentConfigError("a tcp transport needs port (SPEAR_COMMUNICATION_PORT or SERVICE_ADDR)")
+        if transport in ("tcp", "grpc") and port is None:
+            raise AgentConfigError(
+                f"a {transport} transport needs port (SPEAR_COMMUNICATION_PORT or SERVICE_ADDR)"
+            )
+        if tls_ca_path is not None and transport != "grpc":
+            raise AgentConfigError("tls_ca_path (SPEAR_TLS_CA_PATH) is for the grpc transport only")
+        self.tls_ca_path = None if tls_ca_path is None else _text("tls_ca_path", tls_ca_path)
         if port is not None and (type(port) is not int or not 0 < port < 65536):
             raise AgentConfigError(f"port must be an integer in 1..65535, not {port!r}")
         self.socket_path = socket_path
@@ -163,6 +172,8 @@ class AgentConfig:
             settings["port"] = port
         if env.get("SPEAR_SOCKET_PATH"):
             settings["socket_path"] = env["SPEAR_SOCKET_PATH"]
+        if env.get("SPEAR_TLS_CA_PATH"):
+            settings["tls_ca_path"] = env["SPEAR_TLS_CA_PATH"]
         kind = env.get("SPEAR_COMMUNICATION_TYPE")
         if kind:
             settings["transport"] = kind.strip().lower()
@@ -185,10 +196,10 @@ class AgentConfig:
 
     @property
     def address(self) -> str:
-        """Where the agent connects, for messages: ``unix:/path`` or ``tcp:host:port``."""
+        """Where the agent connects, for messages: ``unix:/path``, ``tcp:host:port`` or ``grpc:host:port``."""
         if self.transport == "unix":
             return f"unix:{self.socket_path}"
-        return f"tcp:{self.host}:{self.port}"
+        return f"{self.transport}:{self.host}:{self.port}"
 
     def retry_delay_for(self, attempt: int) -> float:
         """The wait before reconnection attempt ``attempt`` (1 for the first retry)."""

@@ -2,11 +2,12 @@
 The agent, whatever its event loop: :class:`Agent` and :class:`AgentConnection`.
 
 An :class:`AgentConnection` is the agent's end of one connection.  It drives
-the sans-IO wire layer directly: a ``FrameDecoder`` for the bytes, a
-``Session`` with ``Role.AGENT`` for what each message means and when to send
-heartbeats; a framework adapter (``spear_twisted.agent.tx`` for Twisted,
-``spear_twisted.agent.aio`` for asyncio) feeds it bytes and gives it a
-transport.  The :class:`Agent` outlives connections: it hands each
+the sans-IO wire layer directly: a ``FrameDecoder`` for the bytes of a
+socket, a ``Session`` with ``Role.AGENT`` for what each message means and
+when to send heartbeats; a framework adapter (``spear_twisted.agent.tx`` for
+Twisted, ``spear_twisted.agent.aio`` for asyncio) feeds it bytes, or whole
+messages for a transport that carries them whole (the gRPC bridge), and
+gives it a transport that sends messages.  The :class:`Agent` outlives connections: it hands each
 ``ExecuteRequest`` to the author's handler, turns the outcome into an
 ``ExecuteResponse``, passes signals on, reconnects with backoff, and
 decides when and how the agent ends.
@@ -100,7 +101,8 @@ class Clock(Protocol):
 class Transport(Protocol):
     """What an :class:`AgentConnection` needs of its framework's transport."""
 
-    def write(self, data: bytes) -> None: ...
+    def send_message(self, message: SpearMessage) -> None:
+        """Send ``message`` (as a frame on a socket, as an envelope on a gRPC stream)."""
 
     def close(self) -> None:
         """Flush, then close."""
@@ -193,6 +195,7 @@ class AgentConnection:
         self._schedule()
 
     def data_received(self, data: bytes) -> None:
+        """Bytes of a socket arrived: frames of PROTOCOL.md section 1."""
         if self.closed:
             return
         session = self.session
@@ -200,20 +203,36 @@ class AgentConnection:
         for body in self._decoder.feed(data):
             if self.closed or session.state is SessionState.CLOSED:
                 return
-            now = self.agent.clock.seconds()
             try:
                 message = SpearMessage.deserialize(body)
             except DecodeError as e:
                 self._fail(e)
                 return
-            if session.accept_application(message, now):
-                self.agent.message_received(self, message)
-                continue
-            for event in session.receive(message, now):
-                self._handle(event)
+            self._message(session, message)
         if self._decoder.error is not None:
             self._fail(self._decoder.error)
         self._schedule()
+
+    def message_received(self, message: SpearMessage) -> None:
+        """A whole message arrived (a transport that carries messages, not bytes)."""
+        session = self.session
+        if self.closed or session is None or session.state is SessionState.CLOSED:
+            return
+        self._message(session, message)
+        self._schedule()
+
+    def protocol_error(self, error: SpearError) -> None:
+        """The transport could not read what arrived: tell the spearlet with an ``Error``, then close."""
+        if not self.closed:
+            self._fail(error)
+
+    def _message(self, session: Session, message: SpearMessage) -> None:
+        now = self.agent.clock.seconds()
+        if session.accept_application(message, now):
+            self.agent.message_received(self, message)
+            return
+        for event in session.receive(message, now):
+            self._handle(event)
 
     def connection_lost(self, reason: str) -> None:
         if self.closed:
@@ -233,7 +252,7 @@ class AgentConnection:
         """Send ``message``; False if the connection is gone."""
         if self.closed or self.transport is None:
             return False
-        self.transport.write(message.to_frame())
+        self.transport.send_message(message)
         assert self.session is not None
         self.session.sent(message, self.agent.clock.seconds())
         return True

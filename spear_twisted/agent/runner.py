@@ -5,7 +5,10 @@ It reads the configuration, connects and presents the instance's secret
 with a plain socket (:mod:`spear_twisted.agent.bootstrap`), and only then
 chooses txaio's framework, once, imports it and runs the agent on the
 connected socket.  Nothing here is imported before that choice but the
-standard library and the agent's small configuration modules.
+standard library and the agent's small configuration modules.  Over the
+gRPC bridge the agent dials once its framework is loaded (HTTP/2 is not
+written by hand); under asyncio that needs grpcio (``spear_twisted[grpc]``),
+and its absence is a configuration error that says so.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def run(
     handler starts do not inherit it).  Exit statuses: 0 after a
     ``Terminate`` signal, SIGTERM or SIGINT; 69 when the spearlet cannot
     be reached after every retry; 76 when it breaks the protocol; 77 when it
-    refuses the instance's secret; 78 for a configuration error.
+    refuses the instance's secret; 78 for a configuration error (including
+    the gRPC transport under asyncio without grpcio installed).
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
@@ -68,11 +72,22 @@ def run(
         return EXIT_CONFIG
     for name in SECRET_VARIABLES:
         os.environ.pop(name, None)
-    from spear_twisted.agent.bootstrap import connect_and_authenticate
+    connected = None
+    if config.transport == "grpc":
+        # HTTP/2 cannot be spoken by hand on a plain socket before the
+        # framework loads: the agent dials once its framework is up.
+        if framework == "asyncio" and not _has_grpcio():
+            _say(
+                "configuration error: SPEAR_COMMUNICATION_TYPE=grpc under asyncio needs grpcio, which is not"
+                " installed: pip install 'spear_twisted[grpc]' (or run the agent with framework='twisted')"
+            )
+            return EXIT_CONFIG
+    else:
+        from spear_twisted.agent.bootstrap import connect_and_authenticate
 
-    connected = connect_and_authenticate(config)
-    if connected is None:
-        return EXIT_UNREACHABLE
+        connected = connect_and_authenticate(config)
+        if connected is None:
+            return EXIT_UNREACHABLE
     import txaio as _txaio
 
     txaio: Any = _txaio  # its functions are bound when the framework is chosen
@@ -85,6 +100,14 @@ def run(
         txaio.start_logging(out=sys.stderr, level="info")
         from spear_twisted.agent.tx import run_agent
     return run_agent(handler, config, on_signal=on_signal, preconnected=connected)
+
+
+def _has_grpcio() -> bool:
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _say(message: str) -> None:

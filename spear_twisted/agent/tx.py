@@ -1,7 +1,8 @@
 """
 The agent under Twisted: a ``Protocol`` that feeds an
 :class:`~spear_twisted.agent.core.AgentConnection`, and the reactor's
-endpoints to dial with.
+endpoints to dial with (a ``Connect`` call of the bridge's own client for
+the gRPC bridge: :mod:`spear_twisted.agent.tx_grpc`).
 
 txaio must be using Twisted (``txaio.use_twisted()``) before this module is
 imported; :func:`spear_twisted.agent.run` does that.
@@ -21,6 +22,10 @@ from spear_twisted.agent.bootstrap import Bootstrap
 from spear_twisted.agent.config import AgentConfig
 from spear_twisted.agent.core import Agent, AgentConnection, Handler, SignalHook
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from spear_twisted.wire import SpearMessage
+
 
 class _Transport:
     """A Twisted transport as an :class:`~spear_twisted.agent.core.Transport`."""
@@ -28,8 +33,8 @@ class _Transport:
     def __init__(self, transport: Any) -> None:
         self._transport = transport
 
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
+    def send_message(self, message: SpearMessage) -> None:
+        self._transport.write(message.to_frame())
 
     def close(self) -> None:
         self._transport.loseConnection()
@@ -87,6 +92,10 @@ def start_agent(
         reactor = global_reactor
 
     def connect(connection: AgentConnection) -> Deferred[Any]:
+        if config.transport == "grpc":
+            from spear_twisted.agent import tx_grpc
+
+            return tx_grpc.connect(connection, config, reactor)
         # Twisted's endpoints are untyped.
         kinds: Any = endpoints
         if config.transport == "unix":

@@ -8,7 +8,10 @@ Modules, lowest first: ``spear_pb2`` (generated from ``spear.proto``),
 ``framing`` and ``headers`` (gRPC rules, no Twisted), ``config``,
 ``methods`` (registry, contexts, backend interfaces), ``auth``, ``call``
 (one call), ``protocol`` (one connection), ``server`` (Factory and
-Service), ``endpoints`` (TLS with ALPN ``h2``).
+Service), ``endpoints`` (TLS with ALPN ``h2``), ``client`` (the Twisted
+client of ``Connect``), ``session`` (the Spear session over ``Connect``),
+``channel`` (:class:`GrpcChannel`), ``backend`` (``Execute`` and ``Status``
+on a spearlet).
 
 The names below are importable from this package; they load on first use,
 so that the ``h2tls:`` endpoint plugin can import
@@ -28,8 +31,11 @@ if TYPE_CHECKING:
         allow_any_caller,
         bearer_token,
     )
+    from spear_twisted.bridge.backend import TaskExecutionBackend
     from spear_twisted.bridge.call import BridgeStream
-    from spear_twisted.bridge.config import BridgeConfig
+    from spear_twisted.bridge.channel import GrpcChannel
+    from spear_twisted.bridge.client import ConnectCall
+    from spear_twisted.bridge.config import BridgeConfig, BridgeServiceConfig
     from spear_twisted.bridge.contract import (
         CONNECT_PATH,
         EXECUTE_PATH,
@@ -42,7 +48,12 @@ if TYPE_CHECKING:
         execute_result_from_response,
         message_from_envelope,
     )
-    from spear_twisted.bridge.endpoints import H2TLSServerParser, h2_tls_endpoint, h2_tls_options
+    from spear_twisted.bridge.endpoints import (
+        H2TLSServerParser,
+        client_tls_options,
+        h2_tls_endpoint,
+        h2_tls_options,
+    )
     from spear_twisted.bridge.methods import (
         CallContext,
         IBridgeBackend,
@@ -54,6 +65,13 @@ if TYPE_CHECKING:
     )
     from spear_twisted.bridge.protocol import BridgeProtocol
     from spear_twisted.bridge.server import BridgeCounters, BridgeServer, BridgeService, make_spear_bridge
+    from spear_twisted.bridge.session import (
+        ConnectionBuilder,
+        ConnectSession,
+        EnvelopeSessionProtocol,
+        EnvelopeStream,
+        StreamTransport,
+    )
     from spear_twisted.bridge.status import ERROR_CODE_KEY, GrpcError, StatusCode, status_for_error
 
 _EXPORTS = {
@@ -64,8 +82,11 @@ _EXPORTS = {
         "allow_any_caller",
         "bearer_token",
     ),
+    "backend": ("TaskExecutionBackend",),
     "call": ("BridgeStream",),
-    "config": ("BridgeConfig",),
+    "channel": ("GrpcChannel",),
+    "client": ("ConnectCall",),
+    "config": ("BridgeConfig", "BridgeServiceConfig"),
     "contract": (
         "CONNECT_PATH",
         "EXECUTE_PATH",
@@ -78,7 +99,7 @@ _EXPORTS = {
         "execute_result_from_response",
         "message_from_envelope",
     ),
-    "endpoints": ("H2TLSServerParser", "h2_tls_endpoint", "h2_tls_options"),
+    "endpoints": ("H2TLSServerParser", "client_tls_options", "h2_tls_endpoint", "h2_tls_options"),
     "methods": (
         "CallContext",
         "IBridgeBackend",
@@ -90,6 +111,13 @@ _EXPORTS = {
     ),
     "protocol": ("BridgeProtocol",),
     "server": ("BridgeCounters", "BridgeServer", "BridgeService", "make_spear_bridge"),
+    "session": (
+        "ConnectSession",
+        "ConnectionBuilder",
+        "EnvelopeSessionProtocol",
+        "EnvelopeStream",
+        "StreamTransport",
+    ),
     "status": ("ERROR_CODE_KEY", "GrpcError", "StatusCode", "status_for_error"),
 }
 
@@ -108,8 +136,15 @@ __all__ = [
     "BridgeProtocol",
     "BridgeServer",
     "BridgeService",
+    "BridgeServiceConfig",
     "BridgeStream",
     "CallContext",
+    "ConnectCall",
+    "ConnectSession",
+    "ConnectionBuilder",
+    "EnvelopeSessionProtocol",
+    "EnvelopeStream",
+    "GrpcChannel",
     "GrpcError",
     "H2TLSServerParser",
     "IBridgeBackend",
@@ -119,8 +154,11 @@ __all__ = [
     "MethodKind",
     "MethodRegistry",
     "StatusCode",
+    "StreamTransport",
+    "TaskExecutionBackend",
     "allow_any_caller",
     "bearer_token",
+    "client_tls_options",
     "envelope_from_message",
     "execute_call_from_request",
     "execute_request_from_call",

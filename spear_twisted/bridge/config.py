@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from spear_twisted.auth import token_problem
 from spear_twisted.settings import setting
 
 KiB = 1024
@@ -123,3 +124,92 @@ class BridgeConfig:
                 f"connection_window_size ({self.connection_window_size}) must be at least"
                 f" stream_window_size ({self.stream_window_size})"
             )
+
+
+def _descriptions(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for description in value:
+        if ":" not in description:
+            raise ValueError(
+                f"{attribute.name}: {description!r} is not an endpoint description such as "
+                "'tcp:50051:interface=127.0.0.1' or 'unix:/run/spear/bridge.sock'"
+            )
+
+
+def _tokens(_instance: object, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    for name, token in value.items():
+        problem = token_problem(token)
+        if problem is not None:
+            raise ValueError(f"{attribute.name}: the token of caller {name!r} is unusable: {problem}")
+
+
+@attrs.frozen
+class BridgeServiceConfig:
+    """
+    The gRPC bridge of a spearlet (the ``[bridge]`` table): where it listens,
+    who may call ``Execute`` and ``Status``, whether agents may ``Connect``,
+    and its HTTP/2 settings (``[bridge.http2]``).
+    """
+
+    __spear_settings__ = True
+
+    listen: tuple[str, ...] = setting(
+        (),
+        doc="Endpoint descriptions the bridge listens on (``tcp:50051:interface=127.0.0.1``,"
+        " ``unix:/run/spear/bridge.sock``, ``h2tls:port=50443:certKey=...:privateKey=...``);"
+        " empty: no bridge.",
+        converter=tuple,
+        validator=_descriptions,
+    )
+    allow_remote: bool = setting(False, doc="Allow a listener on an address that is not loopback.")
+    tokens: dict[str, str] = setting(
+        attrs.Factory(dict),
+        doc="Callers of ``Execute`` and ``Status``, by name, with the bearer token each presents"
+        " (``authorization: Bearer <token>``); prefer ``token_files``, which keep tokens out of the file.",
+        validator=_tokens,
+        hash=False,
+    )
+    token_files: dict[str, str] = setting(
+        attrs.Factory(dict),
+        doc="Callers by name, each with a file holding its bearer token (surrounding blanks ignored).",
+        hash=False,
+    )
+    allow_any_caller: bool = setting(
+        False,
+        doc="Accept ``Execute`` and ``Status`` from any caller, without a token (for a loopback-only"
+        " bridge whose callers are trusted); otherwise a call without a known token is UNAUTHENTICATED.",
+    )
+    connect: bool = setting(
+        True,
+        doc="Serve ``Connect``: an agent may open its session here; it authenticates with its instance's"
+        " secret and joins its instance's channel, as on the spearlet's other listeners.",
+    )
+    http2: BridgeConfig = setting(attrs.Factory(BridgeConfig), doc="HTTP/2 and gRPC limits of the bridge.")
+
+    def __attrs_post_init__(self) -> None:
+        if self.allow_any_caller and (self.tokens or self.token_files):
+            raise ValueError("allow_any_caller accepts every caller: set it or tokens/token_files, not both")
+
+    def caller_tokens(self) -> dict[str, str]:
+        """
+        Every caller's token: ``tokens``, and those read from ``token_files``.
+
+        :raises ValueError: naming a file that cannot be read, is empty or
+            holds an unusable token.
+        """
+        tokens = dict(self.tokens)
+        for name, path in self.token_files.items():
+            try:
+                with open(path, encoding="utf-8") as file:
+                    token = file.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                raise ValueError(
+                    f"token_files: cannot read the token of caller {name!r} from {path}: {reason}"
+                ) from None
+            problem = token_problem(token)
+            if problem is not None:
+                raise ValueError(
+                    f"token_files: the token of caller {name!r} in {path} is unusable: {problem}"
+                )
+            tokens[name] = token
+        return tokens

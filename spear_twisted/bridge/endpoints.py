@@ -4,7 +4,8 @@ HTTP/2 over TLS with ALPN ``h2``, which gRPC clients require.
 Twisted's stock ``ssl:`` endpoint description has no ALPN setting, so the
 bridge brings its own:
 
-* :func:`h2_tls_endpoint` builds the listening endpoint in code;
+* :func:`h2_tls_endpoint` builds the listening endpoint in code
+  (:func:`client_tls_options` is the client's side);
 * the ``h2tls:`` description (a Twisted endpoint plugin) does the same from
   configuration, with the ``ssl:`` spellings::
 
@@ -25,7 +26,7 @@ from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from spear_twisted.connections.tls import server_tls_options
+from spear_twisted.connections.tls import TLSConfigurationError, server_tls_options
 
 #: The ALPN protocol id of HTTP/2 over TLS.
 ALPN_H2 = b"h2"
@@ -57,6 +58,27 @@ def h2_tls_endpoint(
     return SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
         reactor, port, h2_tls_options(cert_path, key_path), backlog=backlog, interface=interface
     )
+
+
+def client_tls_options(host: str, ca_path: str) -> Any:
+    """
+    Client TLS options for a server named ``host``, trusting the PEM
+    certificates of ``ca_path`` and offering ALPN ``h2``.
+
+    :raises spear_twisted.connections.tls.TLSConfigurationError: naming the
+        file that cannot be read or used.
+    """
+    from twisted.internet import ssl
+
+    try:
+        with open(ca_path, "rb") as f:
+            pem = f.read()
+        authority = ssl.Certificate.loadPEM(pem)
+    except OSError as e:
+        raise TLSConfigurationError(f"cannot read TLS file: {e}") from None
+    except Exception as e:
+        raise TLSConfigurationError(f"{ca_path}: {e}") from None
+    return ssl.optionsForClientTLS(host, trustRoot=authority, acceptableProtocols=[ALPN_H2])
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)

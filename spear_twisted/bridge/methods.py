@@ -158,7 +158,10 @@ class IBridgeBackend(Interface):
 
 
 class IConnectHandler(Interface):
-    """What a ``Connect`` stream is handed to (the Spear session, in part 2 of issue 7)."""
+    """
+    What a ``Connect`` stream is handed to
+    (:class:`~spear_twisted.bridge.session.ConnectSession` runs the Spear session on it).
+    """
 
     def connect(stream, context):  # type: ignore[no-untyped-def]
         """

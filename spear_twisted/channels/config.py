@@ -59,8 +59,13 @@ class ChannelConfig:
 
     ``transports`` overrides the runtime type's strategy (for example
     ``("tcp",)``).  ``socket_path`` and ``port`` pin the address; otherwise a
-    Unix channel gets a unique path in ``runtime_dir`` and a TCP channel the
-    first free port of ``port_range`` on ``host``.
+    Unix channel gets a unique path in ``runtime_dir`` and a TCP or gRPC
+    channel the first free port of ``port_range`` on ``host``.
+
+    ``tls_cert_path`` and ``tls_key_path`` (PEM files, set together) make a
+    gRPC channel serve HTTP/2 over TLS with ALPN ``h2``; its instance is told
+    to trust ``tls_ca_path`` (by default the certificate file itself).  The
+    other transports do not use them.
     """
 
     transports: tuple[str, ...] | None = attrs.field(
@@ -84,6 +89,13 @@ class ChannelConfig:
     max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive)
     max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=_positive)
     allowed_uids: frozenset[int] | None = attrs.field(default=None, converter=_optional_uids)
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    tls_ca_path: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError("tls_cert_path and tls_key_path must be set together")
 
     def session_config(self) -> SessionConfig:
         """The wire session's share of these settings."""
@@ -106,10 +118,14 @@ class ChannelAddress:
     port: int | None = None
     path: str | None = None
     name: str | None = None
+    #: The certificates an agent must trust to dial over TLS (gRPC over TLS only).
+    ca_path: str | None = None
 
     def environment(self) -> dict[str, str]:
         """The address part of an instance's environment (PROTOCOL.md section 7)."""
         env = {"SPEAR_COMMUNICATION_TYPE": self.transport}
+        if self.ca_path is not None:
+            env["SPEAR_TLS_CA_PATH"] = self.ca_path
         if self.port is not None:
             env["SPEAR_COMMUNICATION_PORT"] = str(self.port)
             env["SERVICE_ADDR"] = f"{self.host or '127.0.0.1'}:{self.port}"

@@ -2,9 +2,10 @@
 :class:`CommunicationFactory`: a channel per instance, by strategy, pooled.
 
 Each runtime type has a strategy, an ordered list of transports: process
-prefers unix then tcp, kubernetes grpc then tcp, wasm memory.  Making a
-channel tries them in order; a failure names the instance and every transport
-tried with its reason.
+prefers unix then tcp, kubernetes grpc (the gRPC bridge,
+:class:`~spear_twisted.bridge.channel.GrpcChannel`) then tcp, wasm memory.
+Making a channel tries them in order; a failure names the instance and every
+transport tried with its reason.
 """
 
 from __future__ import annotations
@@ -97,12 +98,20 @@ class CommunicationFactory:
         self._makers: dict[str, ChannelMaker] = {
             "unix": self._maker(UnixChannel),
             "tcp": self._maker(TCPChannel),
+            "grpc": self._make_grpc_channel,
             "memory": self._maker(MemoryChannel, hub=self.memory_hub),
         }
 
     def register_transport(self, name: str, maker: ChannelMaker) -> None:
-        """Make ``name`` available to strategies (the gRPC bridge registers ``grpc``)."""
+        """Make ``name`` available to strategies, or replace how its channels are made."""
         self._makers[name] = maker
+
+    def _make_grpc_channel(self, instance_id: RuntimeInstanceId, config: ChannelConfig) -> Deferred[Channel]:
+        # Imported when first used: HTTP/2 and protobuf stay unloaded for
+        # spearlets whose instances never use the gRPC bridge.
+        from spear_twisted.bridge.channel import GrpcChannel
+
+        return self._maker(GrpcChannel)(instance_id, config)
 
     def _maker(self, channel_type: type[Channel], **extra: Any) -> ChannelMaker:
         def make(instance_id: RuntimeInstanceId, config: ChannelConfig) -> Deferred[Channel]:

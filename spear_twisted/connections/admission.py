@@ -27,7 +27,7 @@ import socket
 from collections import OrderedDict
 from typing import Any
 
-from spear_twisted.channels.protocol import SpearProtocol
+from spear_twisted.channels.session_protocol import SpearSessionProtocol
 from spear_twisted.errors import SpearError, TooManyConnections, TooManyPendingAuth
 from spear_twisted.wire import SessionState
 
@@ -68,9 +68,9 @@ class Admission:
         self.max_connections = max_connections
         self.max_pending_auth = max_pending_auth
         #: Every open connection admitted, by connection id.
-        self.open: dict[str, SpearProtocol] = {}
+        self.open: dict[str, SpearSessionProtocol] = {}
         # Admitted connections awaiting authentication, oldest first.
-        self._pending: OrderedDict[str, SpearProtocol] = OrderedDict()
+        self._pending: OrderedDict[str, SpearSessionProtocol] = OrderedDict()
         #: Connections closed to make room for newcomers.
         self.evicted = 0
 
@@ -104,16 +104,16 @@ class Admission:
         self._forget_settled()
         return len(self._pending)
 
-    def started(self, connection: SpearProtocol) -> None:
+    def started(self, connection: SpearSessionProtocol) -> None:
         """``connection`` was admitted and is now open."""
         self.open[connection.connection_id] = connection
         self._pending[connection.connection_id] = connection
 
-    def authenticated(self, connection: SpearProtocol) -> None:
+    def authenticated(self, connection: SpearSessionProtocol) -> None:
         """``connection`` is no longer waiting to authenticate."""
         self._pending.pop(connection.connection_id, None)
 
-    def ended(self, connection: SpearProtocol) -> None:
+    def ended(self, connection: SpearSessionProtocol) -> None:
         """``connection`` is gone."""
         self.open.pop(connection.connection_id, None)
         self._pending.pop(connection.connection_id, None)
@@ -129,7 +129,7 @@ class Admission:
         for connection_id in settled:
             del self._pending[connection_id]
 
-    def _silent_pending(self) -> SpearProtocol | None:
+    def _silent_pending(self) -> SpearSessionProtocol | None:
         for connection in self._pending.values():
             session = connection.session
             if session is not None and session.auth_request is not None:

@@ -40,7 +40,7 @@ from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelAddress
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
 from spear_twisted.channels.factory import CommunicationFactory
-from spear_twisted.channels.protocol import IConnectionGatekeeper, SpearProtocol
+from spear_twisted.channels.protocol import IConnectionGatekeeper, SpearProtocol, SpearSessionProtocol
 from spear_twisted.connections.admission import Admission
 from spear_twisted.connections.config import ConnectionManagerConfig, DuplicatePolicy
 from spear_twisted.connections.listeners import Listeners
@@ -65,19 +65,8 @@ class _ListenerFactory(Factory):
         self.manager = manager
         self.transport_name = transport_name
 
-    def buildProtocol(self, addr: Any) -> SpearProtocol:
-        manager = self.manager
-        protocol = SpearProtocol(
-            role=Role.SPEARLET,
-            clock=manager.reactor,
-            session_config=manager.session_config,
-            gatekeeper=manager,
-            observer=manager.observe,
-            observe_messages=manager.observes_messages,
-            refuse=manager.admission.admit(),
-            transport_name=self.transport_name,
-            close_timeout=manager.config.close_timeout,
-        )
+    def buildProtocol(self, addr: Any) -> SpearSessionProtocol:
+        protocol = self.manager.build_connection(SpearProtocol, transport_name=self.transport_name)
         protocol.factory = self
         return protocol
 
@@ -155,7 +144,7 @@ class ConnectionManager(Service):
         self._subscribers: list[tuple[EventSubscriber, bool]] = []
         self._outbox: deque[tuple[ConnectionEvent, bool]] = deque()
         self._delivering = False
-        self._by_instance: dict[RuntimeInstanceId, SpearProtocol] = {}
+        self._by_instance: dict[RuntimeInstanceId, SpearSessionProtocol] = {}
         self._tls_options: Any = None
         self.factory = communication_factory or CommunicationFactory(
             reactor=reactor, config=self.channel_config
@@ -179,6 +168,28 @@ class ConnectionManager(Service):
 
     def _listener_factory(self, transport_name: str) -> _ListenerFactory:
         return _ListenerFactory(self, transport_name)
+
+    def build_connection(
+        self, protocol_type: type[SpearSessionProtocol], *, transport_name: str = "grpc"
+    ) -> SpearSessionProtocol:
+        """
+        A new connection of ``protocol_type`` for one of our listeners: it
+        obeys our limits, authenticates with our validator and joins its
+        instance's channel.  Our own listeners use it; so does a listener of
+        another kind, such as the gRPC bridge's ``Connect``
+        (:class:`~spear_twisted.bridge.session.ConnectSession` of this manager).
+        """
+        return protocol_type(
+            role=Role.SPEARLET,
+            clock=self.reactor,
+            session_config=self.session_config,
+            gatekeeper=self,
+            observer=self.observe,
+            observe_messages=self.observes_messages,
+            refuse=self.admission.admit(),
+            transport_name=transport_name,
+            close_timeout=self.config.close_timeout,
+        )
 
     def start_listening(self, port: int | str | None = None) -> Deferred[ChannelAddress]:
         """
@@ -229,7 +240,7 @@ class ConnectionManager(Service):
             return defer.fail(AuthenticationFailed(f"invalid token: {problem}", instance_id=instance_id))
         return self.validator(instance_id, token)
 
-    def authenticate(self, connection: SpearProtocol, request: AuthRequest) -> Deferred[Channel]:
+    def authenticate(self, connection: SpearSessionProtocol, request: AuthRequest) -> Deferred[Channel]:
         """
         Validate ``request`` received on one of our listeners; fires with the
         instance's channel, which the connection then joins.
@@ -239,7 +250,9 @@ class ConnectionManager(Service):
         checked = defer.maybeDeferred(self._validate, instance_id, request.token)
         return checked.addCallback(self._validated, connection, instance_id)
 
-    def _validated(self, valid: object, connection: SpearProtocol, instance_id: RuntimeInstanceId) -> Channel:
+    def _validated(
+        self, valid: object, connection: SpearSessionProtocol, instance_id: RuntimeInstanceId
+    ) -> Channel:
         if valid is not True:
             raise AuthenticationFailed("invalid token", instance_id=instance_id)
         channel = self.channel_for(instance_id, transport_name=connection.transport_name)
@@ -252,7 +265,7 @@ class ConnectionManager(Service):
             raise AlreadyConnected(f"instance {instance_id} already has a live connection")
         return channel
 
-    def connection_lost_before_auth(self, connection: SpearProtocol, error: SpearError | None) -> None:
+    def connection_lost_before_auth(self, connection: SpearSessionProtocol, error: SpearError | None) -> None:
         """Nothing to undo: :meth:`observe` forgets the connection on ``Disconnected``."""
 
     # -- channels ------------------------------------------------------------------------------------
@@ -333,7 +346,7 @@ class ConnectionManager(Service):
 
         return unsubscribe
 
-    def observe(self, connection: SpearProtocol, event: ConnectionEvent) -> None:
+    def observe(self, connection: SpearSessionProtocol, event: ConnectionEvent) -> None:
         """Track ``connection`` by ``event`` and pass the event on (every connection's observer)."""
         kind = event.kind
         if kind in _MESSAGE_EVENTS:

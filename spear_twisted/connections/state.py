@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from spear_twisted.channels.protocol import PeerCredentials, SpearProtocol
+from spear_twisted.channels.session_protocol import PeerCredentials, SpearSessionProtocol
 from spear_twisted.wire import ConnectionStatus, RuntimeInstanceId, SessionState
 
 
@@ -36,7 +36,7 @@ class ConnectionState:
     peer_credentials: PeerCredentials | None = None
 
     @classmethod
-    def of(cls, connection: SpearProtocol) -> ConnectionState:
+    def of(cls, connection: SpearSessionProtocol) -> ConnectionState:
         """The current state of ``connection``."""
         return cls(
             connection_id=connection.connection_id,
