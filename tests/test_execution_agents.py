@@ -33,6 +33,7 @@ from spear_twisted.agent import run
 async def handle(request):
     if request.command == "fast":
         return "fast"
+    print("slow handler started", flush=True)
     try:
         await asyncio.sleep(600)
     except asyncio.CancelledError:
@@ -158,6 +159,34 @@ class TimeoutTests(TestCase):
         # The instance serves on.
         again = yield with_timeout(service.tasks.execute("t", request("fast")), STEP, "a request after")
         self.assertEqual(again.output, "fast")
+
+
+class CancelTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_caller_that_cancels_cancels_the_handler_and_frees_the_instance(
+        self,
+    ) -> Generator[Any, Any, None]:
+        script = write_script(self, SLOW_AGENT)
+        service = running_service(self, task_config("t", python_args(script)))
+        log = LogCapture(self)
+        fast = yield with_timeout(service.tasks.execute("t", request("fast")), STEP, "a fast request")
+        self.assertEqual(fast.output, "fast")
+        [member] = service.tasks.pools["t"].members
+        started = log.when(lambda event: "slow handler started" in event.get("line", ""))
+        cancelled = log.when(lambda event: "handler cancelled" in event.get("line", ""))
+        slow = service.tasks.execute("t", request("slow"))
+        yield with_timeout(started, STEP, "the slow handler's start")
+        slow.cancel()
+        yield self.assertFailure(slow, defer.CancelledError)
+        self.assertEqual(member.outstanding, 0)
+        yield with_timeout(cancelled, STEP, "the handler's cancellation")
+        self.assertIn("cancelled by the spearlet", log.text())
+        # The one instance takes the next request (max_concurrent_requests is 1).
+        again = yield with_timeout(service.tasks.execute("t", request("fast")), STEP, "a request after")
+        self.assertEqual(again.output, "fast")
+        self.assertEqual(service.tasks.pools["t"].members, [member])
+        self.assertEqual(member.served, 3)
+        self.assertEqual(service.tasks.outcomes[("t", "cancelled")], 1)
 
 
 class LostInstanceTests(TestCase):

@@ -458,10 +458,32 @@ class OutcomeTests(TestCase):
     def test_a_caller_that_cancels_a_sent_request_frees_the_instance(self) -> None:
         pool = FakePool(self)
         pool.start()
+        [instance] = pool.instances
+        agent = pool.agent(instance)
         result = pool.execute()
         result.cancel()
+        pool.reactor.pump()
         self.failureResultOf(result, defer.CancelledError)
         self.assertEqual(pool.pool.members[0].outstanding, 0)
+        # The instance is told to abandon the request it has.
+        [request] = agent.requests
+        [(request_id, signal)] = agent.signals
+        self.assertEqual(request_id, request.request_id)
+        self.assertEqual(signal.signal_type, CustomSignal(CANCEL_SIGNAL))
+        self.assertEqual(signal.task_id, "work")
+        self.assertEqual(signal.data, str(request.request_id).encode())
+        self.assertEqual(pool.manager.outcomes[("work", "cancelled")], 1)
+
+    def test_a_caller_that_cancels_a_request_waiting_for_an_instance_sends_no_signal(self) -> None:
+        pool = FakePool(self, min_instances=0)
+        pool.start()
+        result = pool.execute()
+        self.assertEqual(len(pool.reactor.processes), 1)
+        result.cancel()
+        self.failureResultOf(result, defer.CancelledError)
+        [agent] = pool.connect()
+        pool.reactor.pump()
+        self.assertEqual((agent.requests, agent.signals), ([], []))
 
     def test_stopping_refuses_waiting_and_new_requests(self) -> None:
         pool = FakePool(self, max_concurrent_requests=1)

@@ -14,6 +14,9 @@ instance's work.  What can happen:
   signal (below) and the caller gets
   :class:`~spear_twisted.errors.ExecutionTimeout`, whose ``response`` has
   status Timeout;
+* the caller cancels the Deferred: a request still waiting for an instance
+  is withdrawn; one an instance has is sent the cancel signal too, and the
+  instance is free for the next request at once;
 * the instance's connection is lost while it works:
   :class:`~spear_twisted.errors.InstanceLost`; if the task is idempotent,
   the request is first tried again on another instance while time remains.
@@ -93,6 +96,8 @@ class Execution:
         self.attempts: list[Member] = []
         self._member: Member | None = None
         self._pending: Deferred[SpearMessage] | None = None
+        #: The request id of the request at ``_member``, while it is there.
+        self._request_id: int | None = None
         self._timer: IDelayedCall | None = None
         self._done = False
 
@@ -145,17 +150,20 @@ class Execution:
             pending: Deferred[SpearMessage] = defer.fail(
                 ConnectionClosed("the instance has no channel", instance_id=member.instance.instance_id)
             )
+            self._request_id = None
         else:
-            pending = channel.request_response(
+            outstanding = channel.send_request(
                 SpearMessage.execute_request(0, self.request), max(_MIN_TIMEOUT, self.remaining())
             )
+            pending = outstanding.response
+            self._request_id = outstanding.request_id
         # A request that failed at once never left: the connection was already gone.
         sent = not pending.called
         self._pending = pending
         pending.addCallbacks(self._answered, self._failed, callbackArgs=(member,), errbackArgs=(member, sent))
 
     def _answered(self, message: SpearMessage, member: Member) -> None:
-        self._pending = self._member = None
+        self._pending = self._member = self._request_id = None
         self.pool.release(member)
         try:
             body = message.parse_payload()
@@ -186,7 +194,7 @@ class Execution:
         self._succeed(body)
 
     def _failed(self, failure: Failure, member: Member, sent: bool) -> None:
-        self._pending = self._member = None
+        self._pending = self._member = self._request_id = None
         self.pool.release(member)
         if self._done:
             return
@@ -281,13 +289,26 @@ class Execution:
             timer.cancel()
 
     def _cancelled(self, _: Deferred[Any]) -> None:
-        """The caller cancelled: stop waiting, or stop waiting for the answer."""
+        """
+        The caller cancelled: stop waiting for an instance, or, when an
+        instance has the request, send it the cancel signal and stop waiting
+        for its answer (the instance is free again at once).
+        """
         if self._done:
             return
         self._done = True
         self.manager.record(self, "cancelled")
         self._cancel_timer()
         self.pool.withdraw(self)
-        pending = self._pending
-        if pending is not None:
-            pending.cancel()
+        pending, member, request_id = self._pending, self._member, self._request_id
+        if pending is None:
+            return
+        if member is not None and request_id is not None and not pending.called:
+            self.log.info(
+                "Task {task_id}: request {request_id} at instance {instance_id} cancelled by its caller",
+                task_id=self.pool.task.id,
+                request_id=request_id,
+                instance_id=str(member.instance.instance_id),
+            )
+            self._send_cancel(member, request_id)
+        pending.cancel()
