@@ -80,6 +80,9 @@ class ExecuteTests(TestCase):
             },
         )
         self.assertIsInstance(response["duration_ms"], int)
+        # And which instance ran it.
+        [member] = self.service.tasks.pools["tool"].members
+        self.assertEqual(response["instance_id"], str(member.instance.instance_id))
 
     @defer.inlineCallbacks
     def test_input_arrives_as_text_or_as_base64(self) -> Any:

@@ -21,9 +21,9 @@ from spear_twisted.errors import (
     ShuttingDown,
     UnknownTask,
 )
-from spear_twisted.execution import CANCEL_SIGNAL
+from spear_twisted.execution import CANCEL_SIGNAL, ServedResponse
 from spear_twisted.runtime import BackoffPolicy, InstanceStatus
-from spear_twisted.wire import CustomSignal, ExecuteRequest, ExecutionStatus
+from spear_twisted.wire import CustomSignal, ExecuteRequest, ExecuteResponse, ExecutionStatus
 from tests.execution_support import FakePool
 
 
@@ -406,6 +406,25 @@ class OutcomeTests(TestCase):
         self.assertEqual(len(agent.requests), 1)
         agent.answer_all()
         self.assertEqual(self.successResultOf(result).output, "again")
+
+    def test_execute_with_instance_names_the_instance_that_answered(self) -> None:
+        pool = FakePool(self, min_instances=2, max_instances=2, idempotent=True)
+        pool.start()
+        first, _ = pool.instances
+        served = pool.manager.execute_with_instance("work", ExecuteRequest("work", "one"))
+        pool.reactor.pump()
+        pool.agent(first).answer_all()
+        answered = ExecuteResponse("work", ExecutionStatus.COMPLETED, output="one", exit_code=0)
+        self.assertEqual(self.successResultOf(served), ServedResponse(answered, first.instance_id))
+        # After a retry, the instance that answered.
+        retried = pool.manager.execute_with_instance("work", ExecuteRequest("work", "two"))
+        pool.reactor.pump()
+        self.assertEqual(pool.loads(), [1, 1])
+        pool.reactor.processes[1].exit(1)
+        pool.reactor.pump()
+        pool.agent(first).answer_all()
+        result = self.successResultOf(retried)
+        self.assertEqual((result.response.output, result.instance_id), ("two", first.instance_id))
 
     def test_an_idempotent_request_waits_for_the_lost_instance_to_come_back(self) -> None:
         pool = FakePool(

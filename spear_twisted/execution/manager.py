@@ -25,7 +25,7 @@ from spear_twisted.config import TaskConfig
 from spear_twisted.errors import ShuttingDown, UnknownTask
 from spear_twisted.execution.metrics import ExecutionCollector
 from spear_twisted.execution.pool import InstancePool, Member
-from spear_twisted.execution.request import Execution
+from spear_twisted.execution.request import Execution, ServedResponse
 from spear_twisted.monitoring import MonitoringService
 from spear_twisted.runtime.events import RuntimeEvent
 from spear_twisted.runtime.model import SERVING, InstanceStatus
@@ -123,17 +123,28 @@ class TaskExecutionManager(Service):
         self, task_id: str, request: ExecuteRequest, timeout: float | None = None
     ) -> Deferred[ExecuteResponse]:
         """
+        Run ``request`` on an instance of ``task_id``: :meth:`execute_with_instance`
+        without the instance's id.
+        """
+        return self.execute_with_instance(task_id, request, timeout).addCallback(_response_of)
+
+    def execute_with_instance(
+        self, task_id: str, request: ExecuteRequest, timeout: float | None = None
+    ) -> Deferred[ServedResponse]:
+        """
         Run ``request`` on an instance of ``task_id``.
 
         :param timeout: seconds for the whole call, waiting for an instance
             included; by default the request's own ``timeout``, else the
             task's ``request_timeout``.
-        :return: a Deferred firing with the instance's ``ExecuteResponse``
-            (whatever its status but Timeout), or failing with
+        :return: a Deferred firing with a :class:`ServedResponse`: the
+            instance's ``ExecuteResponse`` (whatever its status but Timeout)
+            and the id of the instance that gave it; or failing with
             ``UnknownTask``, ``NoInstanceAvailable``, ``ExecutionTimeout``
             (its ``response`` has status Timeout), ``InstanceLost``,
             ``ShuttingDown``, or the instance's own error.  Cancelling it
-            withdraws the request.
+            withdraws the request (an instance that has it is sent the
+            cancel signal).
         """
         pool = self.pools.get(task_id)
         if pool is None:
@@ -188,6 +199,10 @@ class TaskExecutionManager(Service):
             "open_fds": metrics.open_fds,
             "threads": metrics.threads,
         }
+
+
+def _response_of(served: ServedResponse) -> ExecuteResponse:
+    return served.response
 
 
 def serving_status(status: InstanceStatus, outstanding: int, capacity: int) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -54,6 +55,7 @@ from spear_twisted.wire import (
     ExecuteRequest,
     ExecuteResponse,
     ExecutionStatus,
+    RuntimeInstanceId,
     SignalMessage,
     SignalType,
     SpearMessage,
@@ -76,6 +78,15 @@ def cancel_signal(task_id: str, request_id: int) -> SpearMessage:
     return SpearMessage.signal(request_id, body)
 
 
+@attrs.frozen
+class ServedResponse:
+    """An instance's answer to an ``execute``, and which instance gave it."""
+
+    response: ExecuteResponse
+    #: The instance that ran the request (the last one tried, after a retry).
+    instance_id: RuntimeInstanceId
+
+
 class Execution:
     """One request's way through the pool; see the module docstring."""
 
@@ -91,7 +102,7 @@ class Execution:
         self.clock = manager.reactor
         self.started = self.clock.seconds()
         self.deadline = self.started + seconds
-        self.result: Deferred[ExecuteResponse] = Deferred(self._cancelled)
+        self.result: Deferred[ServedResponse] = Deferred(self._cancelled)
         #: Instances that took the request, in order.
         self.attempts: list[Member] = []
         self._member: Member | None = None
@@ -101,7 +112,7 @@ class Execution:
         self._timer: IDelayedCall | None = None
         self._done = False
 
-    def begin(self) -> Deferred[ExecuteResponse]:
+    def begin(self) -> Deferred[ServedResponse]:
         """Start; the caller's Deferred."""
         self._attempt()
         return self.result
@@ -191,7 +202,7 @@ class Execution:
                 "timeout",
             )
             return
-        self._succeed(body)
+        self._succeed(ServedResponse(body, member.instance.instance_id))
 
     def _failed(self, failure: Failure, member: Member, sent: bool) -> None:
         self._pending = self._member = self._request_id = None
@@ -269,12 +280,12 @@ class Execution:
     def _elapsed_ms(self) -> int:
         return max(0, int((self.clock.seconds() - self.started) * 1000))
 
-    def _succeed(self, response: ExecuteResponse) -> None:
+    def _succeed(self, served: ServedResponse) -> None:
         if self._done:
             return
         self._done = True
-        self.manager.record(self, response.status.value.lower())
-        self.result.callback(response)
+        self.manager.record(self, served.response.status.value.lower())
+        self.result.callback(served)
 
     def _fail(self, error: BaseException | Failure, outcome: str) -> None:
         if self._done:
