@@ -253,7 +253,6 @@ class FrontDoorTests(TestCase):
         yield wait_until(
             lambda: outcomes.get(("agent", "cancelled"), 0) + outcomes.get(("agent", "timeout"), 0) == 2,
             "the request withdrawn",
-            max_turns=10**6,
         )
         self.assertEqual(self.service.tasks.status()[0]["outstanding"], 0)
 
@@ -264,7 +263,6 @@ class FrontDoorTests(TestCase):
         yield wait_until(
             lambda: [i["status"] for i in self.service.tasks.status()[0]["instances"]] == ["Ready", "Ready"],
             "both instances ready",
-            max_turns=10**6,
         )
 
         def status() -> tuple[pb.StatusReply, tuple[grpc.StatusCode, str, Any]]:

@@ -14,12 +14,13 @@ import os
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from spear_twisted.errors import ExecutionTimeout, InstanceLost, NoInstanceAvailable, UnknownTask
 from spear_twisted.runtime import BackoffPolicy, InstanceStatus, ProcessRuntimeConfig
 from spear_twisted.wire import ExecuteRequest, ExecutionStatus
+from tests.channel_support import wait_until
 from tests.runtime_support import CRASHING_AGENT, LogCapture, python_args, with_timeout, write_script
 from tests.service_support import ECHO_ARGS, running_service, task_config
 
@@ -125,8 +126,8 @@ class EchoTests(TestCase):
         unsubscribe = service.runtime.subscribe(watch)
         self.addCleanup(unsubscribe)
         yield with_timeout(ended, STEP, "the idle instance's stop")
-        # The pool lets it go once its stop has finished, right after.
-        yield task.deferLater(reactor, 0, lambda: None)
+        # The pool lets it go once its stop has finished.
+        yield wait_until(lambda: len(pool.members) == 1, "the pool letting the stopped instance go")
         [remaining] = pool.members
         self.assertNotIn(remaining.instance.instance_id, stopped)
         self.assertEqual(remaining.instance.status, InstanceStatus.READY)
@@ -232,8 +233,15 @@ class LostInstanceTests(TestCase):
         self.assertTrue(response.output.startswith("answered by "), response.output)
         pids = {member.instance.pid for member in pool.members}
         self.assertIn(int(response.output.rsplit(" ", 1)[1]), pids)
+        # The crashed process's exit is recorded once its output is drained,
+        # which may be after the other instance has answered.
+        yield wait_until(
+            lambda: any(member.instance.last_exit is not None for member in pool.members),
+            "the crash recorded",
+        )
         crashed = [member for member in pool.members if member.instance.last_exit is not None]
         self.assertEqual(len(crashed), 1)
+        self.assertEqual(crashed[0].instance.last_exit.exit_code, 3)  # type: ignore[union-attr]
 
 
 class NoInstanceTests(TestCase):
