@@ -694,13 +694,22 @@ class ProcessRuntime(Service):
         instance_id = str(instance.instance_id)
         channel = self.factory.get_channel(instance.instance_id)
         if channel is not None and channel.is_connected():
+            self.log.info(
+                "Instance {instance_id}: Terminate signal; {seconds:g} s to exit",
+                instance_id=instance_id,
+                seconds=config.stop_grace_period,
+            )
             terminate = SpearMessage.signal(0, SignalMessage(SignalType.TERMINATE, instance.task_id))
             channel.send(terminate).addErrback(lambda _: None)
             if (yield self._wait_exit(process, config.stop_grace_period)):
                 return
         if not process.running:
             return
-        self.log.info("Instance {instance_id}: SIGTERM to its process group", instance_id=instance_id)
+        self.log.info(
+            "Instance {instance_id}: SIGTERM to its process group; {seconds:g} s to exit",
+            instance_id=instance_id,
+            seconds=config.kill_timeout,
+        )
         process.signal_group(signal.SIGTERM)
         if (yield self._wait_exit(process, config.kill_timeout)):
             return
