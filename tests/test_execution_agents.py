@@ -261,16 +261,59 @@ class NoInstanceTests(TestCase):
             raise AssertionError("the request found an instance")
 
 
-def _ready(service: Any, member: Any) -> defer.Deferred[None]:
-    """Fires once ``member``'s instance is Ready."""
-    if member.instance.status is InstanceStatus.READY:
+class UnservableTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_task_whose_instance_crash_looped_fails_requests_at_once(self) -> Generator[Any, Any, None]:
+        script = write_script(self, CRASHING_AGENT)
+        # Deaths restart at once; the second is a crash loop; the pool
+        # replaces an ended instance only after 60 s, past any request here.
+        backoff = BackoffPolicy(min_delay=60, max_delay=60, stable_after=0, crash_loop_restarts=1)
+        service = running_service(
+            self,
+            task_config("t", python_args(script), restart_policy="always"),
+            runtime=ProcessRuntimeConfig(backoff=backoff),
+        )
+        [member] = service.tasks.pools["t"].members
+        errored = _status(service, member, InstanceStatus.ERROR)
+        for attempt in ("first", "second"):
+            try:
+                yield with_timeout(service.tasks.execute("t", request("crash")), STEP, f"the {attempt} crash")
+            except InstanceLost:
+                pass
+            else:
+                raise AssertionError("the crash was not reported")
+        yield with_timeout(errored, STEP, "the crash loop")
+        try:
+            yield with_timeout(service.tasks.execute("t", request("hello")), STEP, "the refusal")
+        except NoInstanceAvailable as e:
+            self.assertTrue(
+                e.message.startswith(
+                    "no instance of task t can take the request within 30 s (instances: 1 Error; "
+                    "last failure: crash loop: 1 restarts within 300 s; last: exited with code 3"
+                ),
+                e.message,
+            )
+            self.assertIn("; the next instance starts in ", e.message)
+        else:
+            raise AssertionError("the request found an instance")
+        self.assertEqual(service.tasks.outcomes[("t", "no_instance")], 1)
+
+
+def _status(service: Any, member: Any, status: InstanceStatus) -> defer.Deferred[None]:
+    """Fires once ``member``'s instance is in ``status`` (at once if it is)."""
+    if member.instance.status is status:
         return defer.succeed(None)
     done: defer.Deferred[None] = defer.Deferred()
 
     def watch(event: Any) -> None:
-        if member.instance.status is InstanceStatus.READY and not done.called:
+        if member.instance.status is status and not done.called:
             unsubscribe()
             done.callback(None)
 
     unsubscribe = service.runtime.subscribe(watch)
     return done
+
+
+def _ready(service: Any, member: Any) -> defer.Deferred[None]:
+    """Fires once ``member``'s instance is Ready."""
+    return _status(service, member, InstanceStatus.READY)

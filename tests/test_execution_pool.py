@@ -10,6 +10,8 @@ same behaviour with real agent processes is in ``test_execution_agents``.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
@@ -182,6 +184,72 @@ class PoolSizeTests(TestCase):
         failure = self.failureResultOf(result, NoInstanceAvailable)
         self.assertIn("no instance is running", failure.value.message)
         self.assertIn("last failure: executable /no/such/program does not exist", failure.value.message)
+
+
+class UnservableTests(TestCase):
+    """A request that no instance can take before its deadline fails at once, saying why."""
+
+    #: Deaths restart at once, the second is a crash loop; ended instances are replaced after 10 s.
+    CRASH_LOOP = BackoffPolicy(min_delay=10, max_delay=10, stable_after=0, crash_loop_restarts=1)
+
+    def test_every_instance_in_error_and_none_starting_before_the_deadline_fails_at_once(self) -> None:
+        pool = FakePool(self, restart_policy="always", backoff=self.CRASH_LOOP)
+        pool.start()
+        [instance] = pool.instances
+        pool.reactor.processes[0].exit(3)
+        pool.reactor.pump()
+        pool.connect()
+        pool.reactor.processes[1].exit(3)
+        pool.reactor.pump()
+        self.assertEqual(instance.status, InstanceStatus.ERROR)
+        result = pool.execute(timeout=5)
+        failure = self.failureResultOf(result, NoInstanceAvailable)
+        self.assertEqual(
+            failure.value.message,
+            "no instance of task work can take the request within 5 s (instances: 1 Error;"
+            " last failure: crash loop: 1 restarts within 300 s; last: exited with code 3;"
+            " the next instance starts in 10 s)",
+        )
+        self.assertEqual(pool.pool.waiting, deque())
+        self.assertEqual(pool.manager.outcomes[("work", "no_instance")], 1)
+
+    def test_a_waiting_request_fails_when_its_last_instance_ends(self) -> None:
+        pool = FakePool(self, restart_policy="never", backoff=self.CRASH_LOOP)
+        pool.start(connect=False)
+        result = pool.execute(timeout=5)
+        self.assertNoResult(result)
+        pool.reactor.processes[0].exit(3)
+        pool.reactor.pump()
+        failure = self.failureResultOf(result, NoInstanceAvailable)
+        self.assertIn("(instances: 1 Error; last failure: exited with code 3", failure.value.message)
+        self.assertIn("; the next instance starts in 10 s)", failure.value.message)
+
+    def test_a_request_waits_for_a_replacement_due_before_its_deadline(self) -> None:
+        pool = FakePool(self, restart_policy="never")
+        pool.start()
+        pool.reactor.processes[0].exit(3)
+        pool.reactor.pump()
+        result = pool.execute(timeout=5)
+        pool.reactor.advance(1)
+        self.assertNoResult(result)
+        [agent] = pool.connect()
+        agent.answer_all()
+        self.assertEqual(self.successResultOf(result).output, "run")
+
+    def test_a_request_waits_while_an_instance_is_starting_or_busy(self) -> None:
+        pool = FakePool(self, restart_policy="never", backoff=self.CRASH_LOOP)
+        pool.start(connect=False)
+        starting = pool.execute(timeout=20)
+        pool.reactor.advance(4)
+        self.assertNoResult(starting)
+        [agent] = pool.connect()
+        busy = pool.execute(timeout=5)
+        pool.reactor.advance(4)
+        self.assertNoResult(busy)
+        agent.answer_all()
+        self.successResultOf(starting)
+        agent.answer_all()
+        self.successResultOf(busy)
 
 
 class SchedulerTests(TestCase):

@@ -9,7 +9,9 @@ instance's work.  What can happen:
   ``ExecuteResponse`` (an answer with status Timeout is an
   :class:`~spear_twisted.errors.ExecutionTimeout`);
 * no instance can take it before the deadline:
-  :class:`~spear_twisted.errors.NoInstanceAvailable`, saying why;
+  :class:`~spear_twisted.errors.NoInstanceAvailable`, saying why; at once
+  when none can (every instance ended, in Error after a crash loop say, and
+  the next starts only after the deadline), else at the deadline;
 * the instance does not answer before the deadline: it is sent the cancel
   signal (below) and the caller gets
   :class:`~spear_twisted.errors.ExecutionTimeout`, whose ``response`` has
@@ -145,6 +147,17 @@ class Execution:
         """The pool will give no instance (it is stopping)."""
         self._cancel_timer()
         self._fail(error, "refused")
+
+    def unservable(self, reason: str) -> None:
+        """No instance can take the request before its deadline: fail now rather than then."""
+        self._cancel_timer()
+        self._fail(
+            NoInstanceAvailable(
+                f"no instance of task {self.pool.task.id} can take the request within {self.seconds:g} s"
+                f" ({reason})"
+            ),
+            "no_instance",
+        )
 
     # -- running it ---------------------------------------------------------------------------------
 
