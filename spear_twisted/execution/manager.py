@@ -123,29 +123,36 @@ class TaskExecutionManager(Service):
         self, task_id: str, request: ExecuteRequest, timeout: float | None = None
     ) -> Deferred[ExecuteResponse]:
         """
-        Run ``request`` on an instance of ``task_id``: :meth:`execute_with_instance`
-        without the instance's id.
-        """
-        return self.execute_with_instance(task_id, request, timeout).addCallback(_response_of)
-
-    def execute_with_instance(
-        self, task_id: str, request: ExecuteRequest, timeout: float | None = None
-    ) -> Deferred[ServedResponse]:
-        """
         Run ``request`` on an instance of ``task_id``.
 
         :param timeout: seconds for the whole call, waiting for an instance
             included; by default the request's own ``timeout``, else the
             task's ``request_timeout``.
-        :return: a Deferred firing with a :class:`ServedResponse`: the
-            instance's ``ExecuteResponse`` (whatever its status but Timeout)
-            and the id of the instance that gave it; or failing with
+        :return: a Deferred firing with the instance's ``ExecuteResponse``
+            (whatever its status but Timeout), or failing with
             ``UnknownTask``, ``NoInstanceAvailable``, ``ExecutionTimeout``
             (its ``response`` has status Timeout), ``InstanceLost``,
             ``ShuttingDown``, or the instance's own error.  Cancelling it
             withdraws the request (an instance that has it is sent the
             cancel signal).
         """
+        started: Deferred[ExecuteResponse] = self._execute(task_id, request, timeout, with_instance=False)
+        return started
+
+    def execute_with_instance(
+        self, task_id: str, request: ExecuteRequest, timeout: float | None = None
+    ) -> Deferred[ServedResponse]:
+        """
+        :meth:`execute`, telling which instance answered: the Deferred fires
+        with a :class:`ServedResponse`, the instance's ``ExecuteResponse``
+        and the id of the instance that gave it.
+        """
+        started: Deferred[ServedResponse] = self._execute(task_id, request, timeout, with_instance=True)
+        return started
+
+    def _execute(
+        self, task_id: str, request: ExecuteRequest, timeout: float | None, *, with_instance: bool
+    ) -> Deferred[Any]:
         pool = self.pools.get(task_id)
         if pool is None:
             known = ", ".join(sorted(self.pools)) or "none"
@@ -158,7 +165,7 @@ class TaskExecutionManager(Service):
             return defer.fail(ValueError(f"timeout must be a positive number of seconds, not {timeout!r}"))
         if request.task_id != task_id:
             request = attrs.evolve(request, task_id=task_id)
-        return Execution(self, pool, request, timeout).begin()
+        return Execution(self, pool, request, timeout, with_instance=with_instance).begin()
 
     # -- status ------------------------------------------------------------------------------------------
 
@@ -199,10 +206,6 @@ class TaskExecutionManager(Service):
             "open_fds": metrics.open_fds,
             "threads": metrics.threads,
         }
-
-
-def _response_of(served: ServedResponse) -> ExecuteResponse:
-    return served.response
 
 
 def serving_status(status: InstanceStatus, outstanding: int, capacity: int) -> str:

@@ -95,7 +95,13 @@ class Execution:
     log = Logger()
 
     def __init__(
-        self, manager: TaskExecutionManager, pool: InstancePool, request: ExecuteRequest, seconds: float
+        self,
+        manager: TaskExecutionManager,
+        pool: InstancePool,
+        request: ExecuteRequest,
+        seconds: float,
+        *,
+        with_instance: bool = False,
     ) -> None:
         self.manager = manager
         self.pool = pool
@@ -104,7 +110,9 @@ class Execution:
         self.clock = manager.reactor
         self.started = self.clock.seconds()
         self.deadline = self.started + seconds
-        self.result: Deferred[ServedResponse] = Deferred(self._cancelled)
+        self.with_instance = with_instance
+        #: Fires with the ``ExecuteResponse``; a :class:`ServedResponse` ``with_instance``.
+        self.result: Deferred[Any] = Deferred(self._cancelled)
         #: Instances that took the request, in order.
         self.attempts: list[Member] = []
         self._member: Member | None = None
@@ -114,7 +122,7 @@ class Execution:
         self._timer: IDelayedCall | None = None
         self._done = False
 
-    def begin(self) -> Deferred[ServedResponse]:
+    def begin(self) -> Deferred[Any]:
         """Start; the caller's Deferred."""
         self._attempt()
         return self.result
@@ -215,7 +223,7 @@ class Execution:
                 "timeout",
             )
             return
-        self._succeed(ServedResponse(body, member.instance.instance_id))
+        self._succeed(body, member)
 
     def _failed(self, failure: Failure, member: Member, sent: bool) -> None:
         self._pending = self._member = self._request_id = None
@@ -293,12 +301,15 @@ class Execution:
     def _elapsed_ms(self) -> int:
         return max(0, int((self.clock.seconds() - self.started) * 1000))
 
-    def _succeed(self, served: ServedResponse) -> None:
+    def _succeed(self, response: ExecuteResponse, member: Member) -> None:
         if self._done:
             return
         self._done = True
-        self.manager.record(self, served.response.status.value.lower())
-        self.result.callback(served)
+        self.manager.record(self, response.status.value.lower())
+        # Made only for the callers that ask: execute() is the hot path.
+        self.result.callback(
+            ServedResponse(response, member.instance.instance_id) if self.with_instance else response
+        )
 
     def _fail(self, error: BaseException | Failure, outcome: str) -> None:
         if self._done:
