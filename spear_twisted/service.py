@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -185,6 +186,7 @@ def describe_connection(state: ConnectionState) -> dict[str, Any]:
         "connection_id": state.connection_id,
         "instance_id": None if state.instance_id is None else str(state.instance_id),
         "remote_addr": state.remote_addr,
+        "peer": None if state.peer_credentials is None else attrs.asdict(state.peer_credentials),
         "authenticated": state.authenticated,
         "status": state.status.value,
         "connected_at": state.connected_at,

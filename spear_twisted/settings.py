@@ -24,6 +24,33 @@ def setting(default: Any = attrs.NOTHING, *, doc: str, **kwargs: Any) -> Any:
     return attrs.field(default=default, metadata=metadata, **kwargs)
 
 
+def can_turn_off(field: attrs.Attribute[Any]) -> bool:
+    """
+    Whether the file may turn the setting ``field`` off with ``false``: its
+    type is ``T | None`` (``None``: off) and its default is not ``None``
+    (TOML has no null, so leaving the key out cannot turn it off).
+    """
+    return (
+        _optional_of(field.type) not in (None, bool)
+        and field.default is not None
+        and field.default is not attrs.NOTHING
+    )
+
+
+def positive_or_off(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator: ``value`` is ``None`` (off) or above zero."""
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, or false (None) to turn it off, not {value!r}")
+
+
+def _optional_of(kind: Any) -> Any:
+    """``T`` for a type ``T | None``; ``None`` for any other type."""
+    args = typing.get_args(kind)
+    if len(args) == 2 and type(None) in args:
+        return next(arg for arg in args if arg is not type(None))
+    return None
+
+
 def field_doc(field: attrs.Attribute[Any]) -> str | None:
     """The documentation of a field made with :func:`setting`."""
     doc = field.metadata.get("doc")
@@ -62,7 +89,10 @@ def settings_reference(cls: type[Any], prefix: str = "") -> list[SettingRow]:
         default: Any = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
-        rows.append(SettingRow(key, _kind_name(kind), _default_text(default), field_doc(field) or ""))
+        kind_name = _kind_name(kind)
+        if can_turn_off(field):
+            kind_name += ", or false (off)"
+        rows.append(SettingRow(key, kind_name, _default_text(default), field_doc(field) or ""))
     return rows
 
 

@@ -217,7 +217,7 @@ class _Collect(protocol.ProcessProtocol):
 
 
 @defer.inlineCallbacks
-def eventually(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+def eventually(condition: Any, timeout: float = 60.0, interval: float = 0.05) -> Any:
     """Fires once ``condition()`` is true; fails after ``timeout`` seconds (real processes take real time)."""
     from twisted.internet.task import deferLater
 

@@ -418,13 +418,6 @@ def pids_in_group(pgid: int) -> list[int]:
     return found
 
 
-def zombie_children() -> list[int]:
-    """This process's children that have exited and not been reaped."""
-    import psutil
-
-    return [child.pid for child in psutil.Process().children() if child.status() == psutil.STATUS_ZOMBIE]
-
-
 @defer.inlineCallbacks
 def execute(
     runtime: ProcessRuntime, instance: TaskInstance, *args: str, command: str = "run"

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spear_twisted.admin.body import MAX_TIMEOUT, parse_execute_body, response_document
 from spear_twisted.errors import InvalidJson, InvalidMessage
-from spear_twisted.wire import ExecuteRequest, ExecutionMode, encode_body
+from spear_twisted.wire import ExecuteRequest, ExecutionMode, RuntimeInstanceId, RuntimeType, encode_body
 from tests.strategies import execute_responses, small_bytes, string_map, strings, text
 
 
@@ -160,3 +160,11 @@ class ResponseDocumentTests(SynchronousTestCase):
     def test_the_response_is_the_wire_body_as_json(self, response: object) -> None:
         document = response_document(response)  # type: ignore[arg-type]
         self.assertEqual(orjson.loads(orjson.dumps(document)), orjson.loads(encode_body(response)))
+
+    @given(execute_responses)
+    def test_the_instance_that_gave_it_is_added(self, response: object) -> None:
+        instance_id = RuntimeInstanceId(RuntimeType.PROCESS, "echo-1")
+        document = response_document(response, instance_id)  # type: ignore[arg-type]
+        expected = orjson.loads(encode_body(response))
+        expected["instance_id"] = "process:echo-1"
+        self.assertEqual(orjson.loads(orjson.dumps(document)), expected)

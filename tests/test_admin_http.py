@@ -28,7 +28,7 @@ from tests.admin_support import (
     stubborn_task,
 )
 from tests.channel_support import short_temp_dir
-from tests.runtime_support import LogCapture
+from tests.runtime_support import LogCapture, with_timeout
 
 
 def error_of(answer: Any) -> dict[str, Any]:
@@ -80,6 +80,9 @@ class ExecuteTests(TestCase):
             },
         )
         self.assertIsInstance(response["duration_ms"], int)
+        # And which instance ran it.
+        [member] = self.service.tasks.pools["tool"].members
+        self.assertEqual(response["instance_id"], str(member.instance.instance_id))
 
     @defer.inlineCallbacks
     def test_input_arrives_as_text_or_as_base64(self) -> Any:
@@ -198,6 +201,7 @@ class ExecuteTests(TestCase):
 
     @defer.inlineCallbacks
     def test_a_client_that_goes_away_withdraws_its_request(self) -> Any:
+        logs = LogCapture(self)
         body = json.dumps({"command": "sleep", "args": ["30"]}).encode()
         connection = yield raw_connection(admin_url(self.service))
         connection.transport.write(
@@ -214,6 +218,12 @@ class ExecuteTests(TestCase):
         yield connection.closed
         yield eventually(lambda: outstanding() == 0)
         self.assertEqual(self.service.tasks.outcomes.get(("tool", "cancelled")), 1)
+        # The instance was told: its handler is cancelled, not left sleeping.
+        yield with_timeout(
+            logs.when(lambda event: "cancelled by the spearlet" in event.get("line", "")),
+            60,
+            "the agent's cancellation of the handler",
+        )
 
     @defer.inlineCallbacks
     def test_every_refusal_is_one_structured_log_line(self) -> Any:

@@ -26,6 +26,7 @@ from tests.runtime_support import (
     CHILD_ENV,
     CHILD_INHERIT,
     PYTHON,
+    LogCapture,
     execute,
     python_args,
     real_runtime,
@@ -83,6 +84,29 @@ def handle(request):
 
 overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 raise SystemExit(run(handle, on_signal=on_signal, **overrides))
+"""
+
+
+# Authenticates (run() sends the AuthRequest first), then holds the import
+# of its framework (txaio comes first) until a signal ends it: the window
+# between authentication and the event loop's own signal handlers, made wide.
+SLOW_IMPORT_AGENT = """
+import sys, time
+
+
+class HoldTheFramework:
+    def find_spec(self, name, path=None, target=None):
+        if name == "txaio":
+            sys.meta_path.remove(self)
+            print("importing the framework", flush=True)
+            time.sleep(600)
+        return None
+
+
+sys.meta_path.insert(0, HoldTheFramework())
+from spear_twisted.agent import run
+
+raise SystemExit(run(lambda request: "never", framework=sys.argv[1]))
 """
 
 
@@ -147,7 +171,7 @@ class AsyncioAgentTests(TestCase):
     @defer.inlineCallbacks
     def sigterm(self, runtime: ProcessRuntime, instance: TaskInstance) -> Generator[Deferred[Any], Any, None]:
         # Once the agent serves (its framework is loaded and its handlers
-        # installed); before that, SIGTERM's default action ends it.
+        # installed); before that, see sigterm_while_importing.
         yield with_timeout(execute(runtime, instance, command="plain"), STEP, "a response")
         ended = when_status(runtime, instance, InstanceStatus.STOPPED, InstanceStatus.ERROR)
         assert instance.pid is not None
@@ -165,6 +189,38 @@ class AsyncioAgentTests(TestCase):
     def test_sigterm_ends_a_twisted_agent_cleanly(self) -> Generator[Deferred[Any], Any, None]:
         runtime, instance = yield self.start_echo("twisted")
         yield self.sigterm(runtime, instance)
+
+    @defer.inlineCallbacks
+    def sigterm_while_importing(self, framework: str) -> Generator[Deferred[Any], Any, None]:
+        log = LogCapture(self)
+        runtime = real_runtime(self)
+        script = write_script(self, SLOW_IMPORT_AGENT)
+        config = InstanceConfig(
+            PYTHON,
+            python_args(script, framework),
+            inherit_env=CHILD_INHERIT,
+            restart_policy=RestartPolicy.NEVER,
+        )
+        instance = runtime.create_instance("agent", config)
+        importing = log.when_output(instance, "importing the framework")
+        yield with_timeout(runtime.start_instance(instance), STEP, "authentication")
+        yield with_timeout(importing, STEP, "the framework's import")
+        ended = when_status(runtime, instance, InstanceStatus.STOPPED, InstanceStatus.ERROR)
+        assert instance.pid is not None
+        os.kill(instance.pid, signal.SIGTERM)
+        yield with_timeout(ended, STEP, "the exit")
+        self.assertEqual(instance.status, InstanceStatus.STOPPED, instance.error)
+        assert instance.last_exit is not None
+        self.assertEqual((instance.last_exit.exit_code, instance.last_exit.signal), (EXIT_OK, None))
+        stderr = log.output_lines(instance, "stderr")
+        self.assertIn("spear agent: terminating (SIGTERM) before the agent started", stderr)
+        self.assertNotIn("Traceback", "\n".join(stderr))
+
+    def test_sigterm_while_the_framework_imports_ends_an_asyncio_agent_cleanly(self) -> Any:
+        return self.sigterm_while_importing("asyncio")
+
+    def test_sigterm_while_the_framework_imports_ends_a_twisted_agent_cleanly(self) -> Any:
+        return self.sigterm_while_importing("twisted")
 
     @defer.inlineCallbacks
     def start_echo(

@@ -16,6 +16,7 @@ import hyperframe.frame
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from spear_twisted.bridge import spear_pb2 as pb
@@ -26,6 +27,7 @@ from spear_twisted.bridge.methods import CallContext, spear_bridge_methods
 from spear_twisted.bridge.protocol import MAX_STREAM_ID, SHUTDOWN_PING
 from spear_twisted.bridge.server import BridgeServer
 from spear_twisted.bridge.status import GrpcError, StatusCode
+from spear_twisted.errors import RequestCancelled
 from tests.bridge_support import (
     ALICE,
     ALICE_TOKEN,
@@ -43,6 +45,7 @@ Gen = Generator[Deferred[Any], Any, None]
 
 FAIL_PATH = "/test.Hardening/Fail"
 FLOOD_PATH = "/test.Hardening/Flood"
+BURST_PATH = "/test.Hardening/Burst"
 
 
 class TestMethods:
@@ -52,6 +55,8 @@ class TestMethods:
         self.contexts: list[CallContext] = []
         self.streams: list[BridgeStream] = []
         self.sent: list[int] = []
+        #: Why sends of ``burst`` failed.
+        self.send_failures: list[Failure] = []
         self.release = Deferred[None]()
 
     def fail(self, request: pb.StatusRequest, context: CallContext) -> Any:
@@ -72,6 +77,16 @@ class TestMethods:
             self.sent.append(n)
         yield self.release
 
+    @defer.inlineCallbacks
+    def burst(self, stream: BridgeStream, context: CallContext) -> Gen:
+        """Queues ten 1000-byte messages at once (their sends are not the handler's work), then waits."""
+        self.streams.append(stream)
+        for n in range(10):
+            stream.send(pb.Envelope(request_id=n, payload=b"b" * 1000)).addCallbacks(
+                lambda _, n=n: self.sent.append(n), self.send_failures.append
+            )
+        yield self.release
+
 
 def hardened_server(backend: Any, extra: TestMethods, **options: Any) -> BridgeServer:
     from spear_twisted.bridge.auth import BearerTokenAuthenticator
@@ -79,6 +94,7 @@ def hardened_server(backend: Any, extra: TestMethods, **options: Any) -> BridgeS
     methods = spear_bridge_methods(backend)
     methods.add_unary(FAIL_PATH, pb.StatusRequest, pb.StatusReply, extra.fail)
     methods.add_bidi_stream(FLOOD_PATH, pb.Envelope, pb.Envelope, extra.flood)
+    methods.add_bidi_stream(BURST_PATH, pb.Envelope, pb.Envelope, extra.burst)
     return BridgeServer(methods, authenticator=BearerTokenAuthenticator({"alice": ALICE_TOKEN}), **options)
 
 
@@ -239,6 +255,31 @@ class RawRequestTests(TestCase):
             data = data[5 + length :]
         self.assertEqual([message.request_id for message in messages], list(range(10)))
         self.assertEqual(client.response_headers(stream)[b"grpc-status"], b"0")
+
+    @defer.inlineCallbacks
+    def test_sends_waiting_when_the_client_resets_the_stream_fail_saying_so(self) -> Gen:
+        """Window back and a reset in one read: what was queued cannot go, and every sender is told why."""
+        client = yield self.client(initial_window=3000, auto_ack=False)
+        stream = client.request(BURST_PATH, None, extra=[(b"x", b"y")], end=False)
+        yield wait_until(lambda: len(self.extra.sent) == 2, "the sends the window allows")
+        [connection] = self.fixture.server.connections
+        # Both frames reach the server in one read, whatever TCP would do.
+        client.h2.increment_flow_control_window(20_000, stream)
+        client.h2.increment_flow_control_window(20_000)
+        client.h2.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        connection.dataReceived(client.h2.data_to_send())
+        self.assertEqual(self.extra.sent, [0, 1])
+        self.assertEqual(len(self.extra.send_failures), 8)
+        expected = (
+            f"the client closed stream {stream} before the call's queued output could be sent (8 messages)"
+        )
+        for failure in self.extra.send_failures:
+            self.assertIsInstance(failure.value, RequestCancelled)
+            self.assertEqual(failure.value.message, expected)
+        [call] = self.extra.streams
+        self.assertEqual(call.status, StatusCode.CANCELLED)
+        self.assertNotIn(stream, connection.calls)
+        self.assertEqual(self.fixture.server.counters().active_calls, 0)
 
     @defer.inlineCallbacks
     def test_data_for_a_finished_call_gives_the_window_back(self) -> Gen:

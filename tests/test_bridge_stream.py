@@ -402,7 +402,7 @@ class StreamDeadlineTests(TestCase):
             return
             yield  # a generator that sends nothing
 
-        responses = yield in_thread(client.connect, requests(), timeout=20)
+        responses = yield in_thread(client.connect, requests(), timeout=CALL_TIMEOUT)
         yield recorder.when_connected()
         stream = recorder.streams[0]
         waiting = stream.receive()

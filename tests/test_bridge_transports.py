@@ -130,7 +130,7 @@ class TLSTests(TestCase):
 
 
 def echo_over_short(channel: Any) -> None:
-    execute_stub(channel)(pb.ExecuteCall(task_id="echo"), metadata=ALICE, timeout=5)
+    execute_stub(channel)(pb.ExecuteCall(task_id="echo"), metadata=ALICE, timeout=CALL_TIMEOUT)
 
 
 class UnixSocketTests(TestCase):

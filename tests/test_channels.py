@@ -26,6 +26,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from spear_twisted.channels.channel import OutstandingRequest
 from spear_twisted.channels.config import ChannelConfig
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
 from spear_twisted.channels.interfaces import ICommunicationChannel
@@ -258,6 +259,32 @@ class ChannelContractMixin:
         self.assertEqual([r.parse_payload().output for r in results], [f"answer to t{n}" for n in range(5)])
         yield client_b.send(answer(agent_b.requests[0], "b"))
         yield first_b
+
+    @defer.inlineCallbacks
+    def test_send_request_tells_the_request_id_the_peer_sees(self) -> Gen:
+        server, client = yield self.maker.pair()
+        agent = EchoAgent(client, answering=False)
+        first = server.send_request(execute("first"), timeout=30)
+        second = server.send_request(execute("second"), timeout=30)
+        self.assertIsInstance(first, OutstandingRequest)
+        yield agent.when_requests(2)
+        self.assertEqual([first.request_id, second.request_id], [m.request_id for m in agent.requests])
+        yield client.send(answer(agent.requests[1], "two"))
+        response = yield second.response
+        self.assertEqual(response.request_id, second.request_id)
+        # The response Deferred is the request's: cancelling it withdraws the request.
+        first.response.cancel()
+        yield self.assertFailure(first.response, CancelledError)
+        self.assertEqual(server.get_stats().outstanding_requests, 0)
+
+    @defer.inlineCallbacks
+    def test_send_request_without_a_connection_has_no_id_and_fails(self) -> Gen:
+        server, client = yield self.maker.pair()
+        yield client.close()
+        yield wait_until(lambda: not server.is_connected(), "the disconnection")
+        outstanding = server.send_request(execute("nobody"), timeout=30)
+        self.assertIsNone(outstanding.request_id)
+        yield self.assertFailure(outstanding.response, ConnectionLost)
 
     @defer.inlineCallbacks
     def test_request_ids_wrap_around_without_reusing_an_outstanding_id(self) -> Gen:

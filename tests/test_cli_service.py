@@ -18,6 +18,7 @@ class InvokeTests(TestCase):
         service = running_service(
             self, spear_config(self, (agent_task(self, "tool", min_instances=1, max_concurrent_requests=4),))
         )
+        self.service = service
         self.env = {"SPEAR_ADMIN_URL": admin_url(service)}
 
     def spear(self, *argv: str, stdin: bytes = b"") -> Any:
@@ -71,6 +72,8 @@ class InvokeTests(TestCase):
         self.assertEqual(
             (json.loads(out)["output"], json.loads(out)["status"], status), ("hi", "Completed", 0)
         )
+        [member] = self.service.tasks.pools["tool"].members
+        self.assertEqual(json.loads(out)["instance_id"], str(member.instance.instance_id))
         out, _, status = yield self.spear("invoke", "--json", "nope", "hi")
         self.assertEqual((json.loads(out)["error"]["name"], status), ("UNKNOWN_TASK", 67))
 
@@ -87,6 +90,11 @@ class InvokeTests(TestCase):
         [instance] = [line for line in lines if line.startswith("tool ") and " Ready " in line]
         self.assertIn("MiB", instance)
         self.assertIn("CONNECTION ID", text)
+        # The instance's connection: its Unix socket and the process at the other end.
+        [member] = self.service.tasks.pools["tool"].members
+        [connection] = [line for line in lines if line.startswith("conn-")]
+        self.assertIn(" unix:", connection)
+        self.assertIn(f" pid={member.instance.pid} uid={os.getuid()} ", connection)
 
     @defer.inlineCallbacks
     def test_health_exits_0_when_serving(self) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
@@ -144,6 +145,45 @@ class LoadingTests(SynchronousTestCase):
         self.assertEqual(load_config(path).tasks[0].id, "t")
 
 
+class TurningOffTests(SynchronousTestCase):
+    """Settings that are on by default are turned off with ``false`` (TOML has no null)."""
+
+    def test_false_turns_off_the_idle_connection_timeout_and_the_limits(self) -> None:
+        config = loads_config(
+            "[connections]\nconnection_timeout = false\n"
+            + TASK
+            + "[tasks.limits]\nmax_memory_bytes = false\nmax_open_files = false\n"
+        )
+        self.assertIsNone(config.connections.connection_timeout)
+        self.assertIsNone(config.connections.channel_config().idle_timeout)
+        limits = config.tasks[0].limits
+        self.assertEqual((limits.max_memory_bytes, limits.max_open_files), (None, None))
+        self.assertEqual(limits.as_rlimits(), {})
+
+    def test_anything_else_that_is_not_the_setting_says_what_is_accepted(self) -> None:
+        self.assertEqual(
+            problems("[connections]\nconnection_timeout = true\n"),
+            ["spear.toml: connections.connection_timeout: expected number or false, found boolean"],
+        )
+        self.assertEqual(
+            problems('[connections]\nconnection_timeout = "never"\n'),
+            ["spear.toml: connections.connection_timeout: expected number or false, found string"],
+        )
+        self.assertEqual(
+            problems("[connections]\nconnection_timeout = 0\n"),
+            [
+                "spear.toml: connections.connection_timeout: must be positive, or false (None) to turn it"
+                " off, not 0.0"
+            ],
+        )
+
+    def test_a_setting_unset_by_default_is_left_out_not_false(self) -> None:
+        self.assertEqual(
+            problems(TASK + "[tasks.limits]\nmax_processes = false\n"),
+            ["spear.toml: tasks[0].limits.max_processes: expected integer, found boolean"],
+        )
+
+
 class ErrorTests(SynchronousTestCase):
     def test_a_wrong_type_names_the_file_the_key_path_and_what_was_expected(self) -> None:
         self.assertEqual(
@@ -158,7 +198,10 @@ class ErrorTests(SynchronousTestCase):
         )
         self.assertEqual(
             problems(TASK + "[tasks.limits]\nmax_open_files = -1\n"),
-            ["spear.toml: tasks[0].limits.max_open_files: must be positive, not -1"],
+            [
+                "spear.toml: tasks[0].limits.max_open_files: must be positive, or false (None) to turn it"
+                " off, not -1"
+            ],
         )
 
     def test_an_unknown_key_suggests_the_close_one(self) -> None:
@@ -354,7 +397,12 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(rows["admin.enabled"].default, "true")
         self.assertEqual(rows["tasks[].inherit_env"].kind, "array of strings")
         self.assertEqual(rows["tasks[].env"].kind, "table of strings")
-        self.assertEqual(rows["connections.connection_timeout"].kind, "number")
+        self.assertEqual(rows["connections.connection_timeout"].kind, "number, or false (off)")
+        self.assertEqual(rows["connections.connection_timeout"].default, "300")
+        self.assertEqual(rows["tasks[].limits.max_memory_bytes"].kind, "integer, or false (off)")
+        self.assertEqual(rows["tasks[].limits.max_open_files"].kind, "integer, or false (off)")
+        # Unset by default: left out to leave it unset.
+        self.assertEqual(rows["tasks[].limits.max_processes"].kind, "integer")
 
     def test_the_environment_does_not_leak_into_the_reference(self) -> None:
         rows = {row.key: row for row in settings_reference(SpearConfig)}
@@ -371,3 +419,15 @@ class DocumentedExampleTests(SynchronousTestCase):
         config = loads_config(text, "configuration.rst")
         self.assertEqual([task.id for task in config.tasks], ["resize"])
         self.assertEqual(config.admin.token_file, "/etc/spear/admin-token")
+
+    def test_the_turning_off_example_of_the_configuration_page_is_valid(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "docs", "configuration.rst")) as file:
+            page = file.read()
+        after = page.split("turned off with ``false``:\n\n.. code-block:: toml\n\n", 1)[1]
+        block = after.split("\n\nAny other value", 1)[0]
+        config = loads_config(textwrap.dedent(block), "configuration.rst")
+        self.assertIsNone(config.connections.connection_timeout)
+        [task] = config.tasks
+        self.assertEqual((task.id, task.limits.max_memory_bytes), ("jvm", None))
+        self.assertEqual(task.limits.max_open_files, 1024)

@@ -14,12 +14,13 @@ import os
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from spear_twisted.errors import ExecutionTimeout, InstanceLost, NoInstanceAvailable, UnknownTask
 from spear_twisted.runtime import BackoffPolicy, InstanceStatus, ProcessRuntimeConfig
 from spear_twisted.wire import ExecuteRequest, ExecutionStatus
+from tests.channel_support import wait_until
 from tests.runtime_support import CRASHING_AGENT, LogCapture, python_args, with_timeout, write_script
 from tests.service_support import ECHO_ARGS, running_service, task_config
 
@@ -33,6 +34,7 @@ from spear_twisted.agent import run
 async def handle(request):
     if request.command == "fast":
         return "fast"
+    print("slow handler started", flush=True)
     try:
         await asyncio.sleep(600)
     except asyncio.CancelledError:
@@ -124,8 +126,8 @@ class EchoTests(TestCase):
         unsubscribe = service.runtime.subscribe(watch)
         self.addCleanup(unsubscribe)
         yield with_timeout(ended, STEP, "the idle instance's stop")
-        # The pool lets it go once its stop has finished, right after.
-        yield task.deferLater(reactor, 0, lambda: None)
+        # The pool lets it go once its stop has finished.
+        yield wait_until(lambda: len(pool.members) == 1, "the pool letting the stopped instance go")
         [remaining] = pool.members
         self.assertNotIn(remaining.instance.instance_id, stopped)
         self.assertEqual(remaining.instance.status, InstanceStatus.READY)
@@ -158,6 +160,34 @@ class TimeoutTests(TestCase):
         # The instance serves on.
         again = yield with_timeout(service.tasks.execute("t", request("fast")), STEP, "a request after")
         self.assertEqual(again.output, "fast")
+
+
+class CancelTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_caller_that_cancels_cancels_the_handler_and_frees_the_instance(
+        self,
+    ) -> Generator[Any, Any, None]:
+        script = write_script(self, SLOW_AGENT)
+        service = running_service(self, task_config("t", python_args(script)))
+        log = LogCapture(self)
+        fast = yield with_timeout(service.tasks.execute("t", request("fast")), STEP, "a fast request")
+        self.assertEqual(fast.output, "fast")
+        [member] = service.tasks.pools["t"].members
+        started = log.when(lambda event: "slow handler started" in event.get("line", ""))
+        cancelled = log.when(lambda event: "handler cancelled" in event.get("line", ""))
+        slow = service.tasks.execute("t", request("slow"))
+        yield with_timeout(started, STEP, "the slow handler's start")
+        slow.cancel()
+        yield self.assertFailure(slow, defer.CancelledError)
+        self.assertEqual(member.outstanding, 0)
+        yield with_timeout(cancelled, STEP, "the handler's cancellation")
+        self.assertIn("cancelled by the spearlet", log.text())
+        # The one instance takes the next request (max_concurrent_requests is 1).
+        again = yield with_timeout(service.tasks.execute("t", request("fast")), STEP, "a request after")
+        self.assertEqual(again.output, "fast")
+        self.assertEqual(service.tasks.pools["t"].members, [member])
+        self.assertEqual(member.served, 3)
+        self.assertEqual(service.tasks.outcomes[("t", "cancelled")], 1)
 
 
 class LostInstanceTests(TestCase):
@@ -203,8 +233,15 @@ class LostInstanceTests(TestCase):
         self.assertTrue(response.output.startswith("answered by "), response.output)
         pids = {member.instance.pid for member in pool.members}
         self.assertIn(int(response.output.rsplit(" ", 1)[1]), pids)
+        # The crashed process's exit is recorded once its output is drained,
+        # which may be after the other instance has answered.
+        yield wait_until(
+            lambda: any(member.instance.last_exit is not None for member in pool.members),
+            "the crash recorded",
+        )
         crashed = [member for member in pool.members if member.instance.last_exit is not None]
         self.assertEqual(len(crashed), 1)
+        self.assertEqual(crashed[0].instance.last_exit.exit_code, 3)  # type: ignore[union-attr]
 
 
 class NoInstanceTests(TestCase):
@@ -224,16 +261,59 @@ class NoInstanceTests(TestCase):
             raise AssertionError("the request found an instance")
 
 
-def _ready(service: Any, member: Any) -> defer.Deferred[None]:
-    """Fires once ``member``'s instance is Ready."""
-    if member.instance.status is InstanceStatus.READY:
+class UnservableTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_task_whose_instance_crash_looped_fails_requests_at_once(self) -> Generator[Any, Any, None]:
+        script = write_script(self, CRASHING_AGENT)
+        # Deaths restart at once; the second is a crash loop; the pool
+        # replaces an ended instance only after 60 s, past any request here.
+        backoff = BackoffPolicy(min_delay=60, max_delay=60, stable_after=0, crash_loop_restarts=1)
+        service = running_service(
+            self,
+            task_config("t", python_args(script), restart_policy="always"),
+            runtime=ProcessRuntimeConfig(backoff=backoff),
+        )
+        [member] = service.tasks.pools["t"].members
+        errored = _status(service, member, InstanceStatus.ERROR)
+        for attempt in ("first", "second"):
+            try:
+                yield with_timeout(service.tasks.execute("t", request("crash")), STEP, f"the {attempt} crash")
+            except InstanceLost:
+                pass
+            else:
+                raise AssertionError("the crash was not reported")
+        yield with_timeout(errored, STEP, "the crash loop")
+        try:
+            yield with_timeout(service.tasks.execute("t", request("hello")), STEP, "the refusal")
+        except NoInstanceAvailable as e:
+            self.assertTrue(
+                e.message.startswith(
+                    "no instance of task t can take the request within 30 s (instances: 1 Error; "
+                    "last failure: crash loop: 1 restarts within 300 s; last: exited with code 3"
+                ),
+                e.message,
+            )
+            self.assertIn("; the next instance starts in ", e.message)
+        else:
+            raise AssertionError("the request found an instance")
+        self.assertEqual(service.tasks.outcomes[("t", "no_instance")], 1)
+
+
+def _status(service: Any, member: Any, status: InstanceStatus) -> defer.Deferred[None]:
+    """Fires once ``member``'s instance is in ``status`` (at once if it is)."""
+    if member.instance.status is status:
         return defer.succeed(None)
     done: defer.Deferred[None] = defer.Deferred()
 
     def watch(event: Any) -> None:
-        if member.instance.status is InstanceStatus.READY and not done.called:
+        if member.instance.status is status and not done.called:
             unsubscribe()
             done.callback(None)
 
     unsubscribe = service.runtime.subscribe(watch)
     return done
+
+
+def _ready(service: Any, member: Any) -> defer.Deferred[None]:
+    """Fires once ``member``'s instance is Ready."""
+    return _status(service, member, InstanceStatus.READY)

@@ -10,6 +10,8 @@ same behaviour with real agent processes is in ``test_execution_agents``.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
@@ -21,9 +23,9 @@ from spear_twisted.errors import (
     ShuttingDown,
     UnknownTask,
 )
-from spear_twisted.execution import CANCEL_SIGNAL
+from spear_twisted.execution import CANCEL_SIGNAL, ServedResponse
 from spear_twisted.runtime import BackoffPolicy, InstanceStatus
-from spear_twisted.wire import CustomSignal, ExecuteRequest, ExecutionStatus
+from spear_twisted.wire import CustomSignal, ExecuteRequest, ExecuteResponse, ExecutionStatus
 from tests.execution_support import FakePool
 
 
@@ -182,6 +184,72 @@ class PoolSizeTests(TestCase):
         failure = self.failureResultOf(result, NoInstanceAvailable)
         self.assertIn("no instance is running", failure.value.message)
         self.assertIn("last failure: executable /no/such/program does not exist", failure.value.message)
+
+
+class UnservableTests(TestCase):
+    """A request that no instance can take before its deadline fails at once, saying why."""
+
+    #: Deaths restart at once, the second is a crash loop; ended instances are replaced after 10 s.
+    CRASH_LOOP = BackoffPolicy(min_delay=10, max_delay=10, stable_after=0, crash_loop_restarts=1)
+
+    def test_every_instance_in_error_and_none_starting_before_the_deadline_fails_at_once(self) -> None:
+        pool = FakePool(self, restart_policy="always", backoff=self.CRASH_LOOP)
+        pool.start()
+        [instance] = pool.instances
+        pool.reactor.processes[0].exit(3)
+        pool.reactor.pump()
+        pool.connect()
+        pool.reactor.processes[1].exit(3)
+        pool.reactor.pump()
+        self.assertEqual(instance.status, InstanceStatus.ERROR)
+        result = pool.execute(timeout=5)
+        failure = self.failureResultOf(result, NoInstanceAvailable)
+        self.assertEqual(
+            failure.value.message,
+            "no instance of task work can take the request within 5 s (instances: 1 Error;"
+            " last failure: crash loop: 1 restarts within 300 s; last: exited with code 3;"
+            " the next instance starts in 10 s)",
+        )
+        self.assertEqual(pool.pool.waiting, deque())
+        self.assertEqual(pool.manager.outcomes[("work", "no_instance")], 1)
+
+    def test_a_waiting_request_fails_when_its_last_instance_ends(self) -> None:
+        pool = FakePool(self, restart_policy="never", backoff=self.CRASH_LOOP)
+        pool.start(connect=False)
+        result = pool.execute(timeout=5)
+        self.assertNoResult(result)
+        pool.reactor.processes[0].exit(3)
+        pool.reactor.pump()
+        failure = self.failureResultOf(result, NoInstanceAvailable)
+        self.assertIn("(instances: 1 Error; last failure: exited with code 3", failure.value.message)
+        self.assertIn("; the next instance starts in 10 s)", failure.value.message)
+
+    def test_a_request_waits_for_a_replacement_due_before_its_deadline(self) -> None:
+        pool = FakePool(self, restart_policy="never")
+        pool.start()
+        pool.reactor.processes[0].exit(3)
+        pool.reactor.pump()
+        result = pool.execute(timeout=5)
+        pool.reactor.advance(1)
+        self.assertNoResult(result)
+        [agent] = pool.connect()
+        agent.answer_all()
+        self.assertEqual(self.successResultOf(result).output, "run")
+
+    def test_a_request_waits_while_an_instance_is_starting_or_busy(self) -> None:
+        pool = FakePool(self, restart_policy="never", backoff=self.CRASH_LOOP)
+        pool.start(connect=False)
+        starting = pool.execute(timeout=20)
+        pool.reactor.advance(4)
+        self.assertNoResult(starting)
+        [agent] = pool.connect()
+        busy = pool.execute(timeout=5)
+        pool.reactor.advance(4)
+        self.assertNoResult(busy)
+        agent.answer_all()
+        self.successResultOf(starting)
+        agent.answer_all()
+        self.successResultOf(busy)
 
 
 class SchedulerTests(TestCase):
@@ -407,6 +475,25 @@ class OutcomeTests(TestCase):
         agent.answer_all()
         self.assertEqual(self.successResultOf(result).output, "again")
 
+    def test_execute_with_instance_names_the_instance_that_answered(self) -> None:
+        pool = FakePool(self, min_instances=2, max_instances=2, idempotent=True)
+        pool.start()
+        first, _ = pool.instances
+        served = pool.manager.execute_with_instance("work", ExecuteRequest("work", "one"))
+        pool.reactor.pump()
+        pool.agent(first).answer_all()
+        answered = ExecuteResponse("work", ExecutionStatus.COMPLETED, output="one", exit_code=0)
+        self.assertEqual(self.successResultOf(served), ServedResponse(answered, first.instance_id))
+        # After a retry, the instance that answered.
+        retried = pool.manager.execute_with_instance("work", ExecuteRequest("work", "two"))
+        pool.reactor.pump()
+        self.assertEqual(pool.loads(), [1, 1])
+        pool.reactor.processes[1].exit(1)
+        pool.reactor.pump()
+        pool.agent(first).answer_all()
+        result = self.successResultOf(retried)
+        self.assertEqual((result.response.output, result.instance_id), ("two", first.instance_id))
+
     def test_an_idempotent_request_waits_for_the_lost_instance_to_come_back(self) -> None:
         pool = FakePool(
             self, idempotent=True, restart_policy="always", backoff=BackoffPolicy(min_delay=1, max_delay=1)
@@ -458,10 +545,32 @@ class OutcomeTests(TestCase):
     def test_a_caller_that_cancels_a_sent_request_frees_the_instance(self) -> None:
         pool = FakePool(self)
         pool.start()
+        [instance] = pool.instances
+        agent = pool.agent(instance)
         result = pool.execute()
         result.cancel()
+        pool.reactor.pump()
         self.failureResultOf(result, defer.CancelledError)
         self.assertEqual(pool.pool.members[0].outstanding, 0)
+        # The instance is told to abandon the request it has.
+        [request] = agent.requests
+        [(request_id, signal)] = agent.signals
+        self.assertEqual(request_id, request.request_id)
+        self.assertEqual(signal.signal_type, CustomSignal(CANCEL_SIGNAL))
+        self.assertEqual(signal.task_id, "work")
+        self.assertEqual(signal.data, str(request.request_id).encode())
+        self.assertEqual(pool.manager.outcomes[("work", "cancelled")], 1)
+
+    def test_a_caller_that_cancels_a_request_waiting_for_an_instance_sends_no_signal(self) -> None:
+        pool = FakePool(self, min_instances=0)
+        pool.start()
+        result = pool.execute()
+        self.assertEqual(len(pool.reactor.processes), 1)
+        result.cancel()
+        self.failureResultOf(result, defer.CancelledError)
+        [agent] = pool.connect()
+        pool.reactor.pump()
+        self.assertEqual((agent.requests, agent.signals), ([], []))
 
     def test_stopping_refuses_waiting_and_new_requests(self) -> None:
         pool = FakePool(self, max_concurrent_requests=1)

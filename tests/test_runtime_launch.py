@@ -185,7 +185,7 @@ class LauncherTests(TestCase):
             self.assertTrue(psutil.pid_exists(instance_pid))
             os.kill(transport.pid, signal.SIGKILL)
             yield collect.ended
-            gone = yield wait_gone(instance_pid, 10)
+            gone = yield wait_gone(instance_pid, 60)
             self.assertTrue(gone, f"{launcher.name}: instance {instance_pid} outlived its spearlet")
 
 

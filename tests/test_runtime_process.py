@@ -34,6 +34,7 @@ from spear_twisted.runtime import (
     RuntimeEventKind,
 )
 from spear_twisted.wire import ExecutionStatus
+from tests.channel_support import wait_until
 from tests.runtime_support import (
     CHILD_ENV,
     CHILD_INHERIT,
@@ -49,7 +50,6 @@ from tests.runtime_support import (
     when_status,
     with_timeout,
     write_script,
-    zombie_children,
 )
 
 #: Seconds any one step of a test may take on a loaded machine.
@@ -311,11 +311,13 @@ class StopTests(TestCase):
         text = log.text()
         self.assertIn("SIGTERM to its process group", text)
         self.assertIn("SIGKILL to its process group", text)
-        # No orphans: nothing of the group is alive; no zombies: all reaped.
+        # No orphans: nothing of the group is alive; no zombies: all reaped
+        # (a zombie still exists).  Only this test's processes are looked at:
+        # this process, a subreaper, also adopts the orphans of other tests'
+        # children (a daemonizing twistd), which are none of this runtime's.
         self.assertEqual(pids_in_group(pgid), [])
         for pid in [pgid, *grandchildren]:
             self.assertFalse(psutil.pid_exists(pid), f"{pid} still exists")
-        self.assertEqual(zombie_children(), [])
 
     @defer.inlineCallbacks
     def test_a_stop_right_after_the_start_terminates_the_process(self) -> Generator[Any, Any, None]:
@@ -365,6 +367,56 @@ class StopTests(TestCase):
         self.assertTrue(psutil.pid_exists(grandchild))
         self.assertEqual(instance.last_exit.exit_code, 0)
         self.assertEqual(instance.error, "exited with code 0, before its agent authenticated")
+
+
+# Authenticates, then leaves an orphan: a grandchild in a session of its
+# own (out of the instance's group), whose parent has exited, which ends a
+# moment later.  A subreaper adopts it.
+LEAVES_AN_ORPHAN = (
+    BOOTSTRAP
+    + """
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:
+    os.setsid()
+    orphan = os.fork()
+    if orphan == 0:
+        time.sleep(0.5)
+        os._exit(0)
+    os.write(w, str(orphan).encode())
+    os._exit(0)
+os.waitpid(middle, 0)
+print("orphan", os.read(r, 32).decode(), flush=True)
+time.sleep(600)
+"""
+)
+
+
+def our_child(pid: int) -> bool:
+    """Whether ``pid`` is a child of this process, running or exited and not yet reaped."""
+    try:
+        return bool(psutil.Process(pid).ppid() == os.getpid())
+    except psutil.NoSuchProcess:
+        return False
+
+
+class OrphanTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_subreaper_reaps_the_orphans_it_adopts(self) -> Generator[Any, Any, None]:
+        log = LogCapture(self)
+        runtime = real_runtime(self)
+        runtime.groups.orphan_interval = 0.05
+        config = script_config(self, LEAVES_AN_ORPHAN, stop_grace_period=0)
+        instance = runtime.create_instance("orphaning", config)
+        yield with_timeout(runtime.start_instance(instance), STEP, "authentication")
+        event = yield with_timeout(log.when_output(instance, "orphan"), STEP, "the orphan")
+        orphan = int(event["line"].split()[1])
+        # Adopted: its parent is this process (unless it has already ended and been reaped).
+        self.assertTrue(our_child(orphan) or not psutil.pid_exists(orphan))
+        # It ends, and is reaped: no zombie is left (a zombie still exists).
+        yield wait_until(lambda: not our_child(orphan), "the orphan's end and reaping")
+        yield wait_until(lambda: "Reaped 1 orphaned" in log.text(), "the log line")
+        self.assertEqual(instance.status, InstanceStatus.READY)
 
 
 class EnvironmentAndLogTests(TestCase):

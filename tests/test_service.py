@@ -26,7 +26,7 @@ from spear_twisted.execution import TaskExecutionManager
 from spear_twisted.monitoring import MonitoringService
 from spear_twisted.runtime import ProcessRuntime
 from spear_twisted.service import SpearService
-from spear_twisted.wire import ExecuteRequest
+from spear_twisted.wire import ExecuteRequest, RuntimeInstanceId
 from tests.runtime_support import ROOT, with_timeout
 from tests.service_support import ECHO_ARGS, running_service, service_config, task_config
 from tests.twistd_support import STEP, alive, make_dir, run_twistd
@@ -55,6 +55,7 @@ CONNECTION_KEYS = {
     "status",
     "connected_at",
     "last_activity",
+    "peer",
 }
 
 
@@ -166,6 +167,17 @@ class StatusTests(TestCase):
             {connection["instance_id"] for connection in status["connections"]},
             {instance["instance_id"] for instance in task["instances"]},
         )
+        # An instance's Unix socket connection says where, and which process.
+        pids = {instance["instance_id"]: instance["pid"] for instance in task["instances"]}
+        for connection in status["connections"]:
+            instance_id = RuntimeInstanceId.parse(connection["instance_id"])
+            channel = service.runtime.factory.get_channel(instance_id)
+            assert channel is not None and channel.address is not None
+            pid = pids[connection["instance_id"]]
+            self.assertEqual(connection["peer"], {"pid": pid, "uid": os.getuid(), "gid": os.getgid()})
+            self.assertEqual(
+                connection["remote_addr"], f"unix:{channel.address.path} pid={pid} uid={os.getuid()}"
+            )
 
     @defer.inlineCallbacks
     def test_the_metrics_cover_connections_messages_and_tasks(self) -> Generator[Any, Any, None]:

@@ -6,7 +6,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spear_twisted.errors import InvalidMessage
-from spear_twisted.settings import field_doc, setting
+from spear_twisted.settings import field_doc, positive_or_off, setting, settings_reference
 from spear_twisted.wire.codec import is_settings_class, structure
 
 
@@ -26,6 +26,18 @@ class Outer:
     inner: Inner = setting(attrs.Factory(Inner), doc="The inner table.")
     pair: tuple[int, int] = setting((1, 2), doc="Two numbers.")
     items: tuple[Inner, ...] = setting((), doc="A list of tables.")
+
+
+@attrs.frozen
+class Optional:
+    __spear_settings__ = True
+
+    #: Off (None) is a value, not the default: only ``false`` can ask for it.
+    timeout: float | None = setting(30.0, doc="Seconds, or off.", validator=positive_or_off)
+    names: tuple[str, ...] | None = setting(("a",), doc="Names, or off.")
+    #: Unset by default: leaving the key out is how to leave it unset.
+    path: str | None = setting(None, doc="A path.")
+    flag: bool | None = setting(True, doc="A boolean: false is a value, not off.")
 
 
 class SettingsTests(SynchronousTestCase):
@@ -96,3 +108,56 @@ class SettingsTests(SynchronousTestCase):
         self.assertTrue(is_settings_class(Outer))
         self.assertFalse(is_settings_class(int))
         self.assertEqual(field_doc(attrs.fields(Inner).timeout), "Seconds to wait.")
+
+
+class TurningOffTests(SynchronousTestCase):
+    """TOML has no null: ``false`` turns off an optional setting whose default is not unset."""
+
+    def test_false_turns_the_setting_off(self) -> None:
+        self.assertEqual(structure({}, Optional), Optional())
+        off = structure({"timeout": False, "names": False}, Optional)
+        self.assertEqual((off.timeout, off.names), (None, None))
+        self.assertEqual(structure({"timeout": 2, "names": ["b"]}, Optional), Optional(2.0, ("b",)))
+
+    def test_a_wrong_value_says_that_false_is_accepted(self) -> None:
+        with self.assertRaises(InvalidMessage) as caught:
+            structure({"timeout": "soon", "names": "b"}, Optional)
+        self.assertEqual(
+            caught.exception.problems,
+            (
+                ("timeout", "expected number or false, found string"),
+                ("names", "expected array or false, found string"),
+            ),
+        )
+        with self.assertRaises(InvalidMessage) as caught:
+            structure({"timeout": True}, Optional)
+        self.assertEqual(caught.exception.problems, (("timeout", "expected number or false, found boolean"),))
+        with self.assertRaises(InvalidMessage) as caught:
+            structure({"names": ["b", 1]}, Optional)
+        self.assertEqual(caught.exception.problems, (("names[1]", "expected string, found integer"),))
+
+    def test_an_out_of_range_value_says_that_false_is_accepted(self) -> None:
+        with self.assertRaises(InvalidMessage) as caught:
+            structure({"timeout": -1}, Optional)
+        self.assertEqual(
+            caught.exception.problems,
+            (("", "timeout must be positive, or false (None) to turn it off, not -1.0"),),
+        )
+
+    def test_a_setting_unset_by_default_and_a_boolean_take_no_false_for_off(self) -> None:
+        with self.assertRaises(InvalidMessage) as caught:
+            structure({"path": False}, Optional)
+        self.assertEqual(caught.exception.problems, (("path", "expected string, found boolean"),))
+        self.assertIs(structure({"flag": False}, Optional).flag, False)
+
+    def test_the_reference_shows_which_settings_false_turns_off(self) -> None:
+        kinds = {row.key: row.kind for row in settings_reference(Optional)}
+        self.assertEqual(
+            kinds,
+            {
+                "timeout": "number, or false (off)",
+                "names": "array of strings, or false (off)",
+                "path": "string",
+                "flag": "boolean",
+            },
+        )

@@ -145,30 +145,46 @@ class ForegroundTests(TestCase):
 
     @defer.inlineCallbacks
     def test_the_stop_escalation_bounds_the_shutdown(self) -> Generator[Any, Any, None]:
+        grace, kill = 1, 1
         script = os.path.join(make_dir(self), "stubborn.py")
         with open(script, "w") as file:
             file.write(STUBBORN_AGENT)
         spearlet = Spearlet(
             self,
             f'[[tasks]]\nid = "stubborn"\nexecutable = "{sys.executable}"\nargs = ["-u", "{script}"]\n'
-            'inherit_env = ["PATH", "PYTHONPATH", "LANG"]\nstop_grace_period = 1\nkill_timeout = 1\n',
+            'inherit_env = ["PATH", "PYTHONPATH", "LANG"]\n'
+            f"stop_grace_period = {grace}\nkill_timeout = {kill}\n",
         )
         child = run_twistd(self, "-n", "--pidfile", spearlet.pidfile, "spear", "--config", spearlet.config)
         # Ready: authenticated as the spearlet sees it, so that stopping begins with Terminate.
         yield with_timeout(child.output.when("is Ready"), STEP, "the stubborn agent")
         [[pid]] = child.output.spawned().values()
+        seen: dict[str, float] = {}
+        steps = {
+            "terminate": "Terminate signal; 1 s to exit",
+            "sigterm": "SIGTERM to its process group; 1 s to exit",
+            "sigkill": "SIGKILL to its process group",
+        }
+        for step, text in steps.items():
+            child.output.when(text).addCallback(lambda _, step=step: seen.setdefault(step, time.monotonic()))
         started = time.monotonic()
         child.signal("TERM")
-        ended = yield with_timeout(child.ended, STEP, "twistd's end")
+        ended = yield with_timeout(child.ended, grace + kill + STEP, "twistd's end")
         elapsed = time.monotonic() - started
-        self.assertEqual(ended, (None, signal.SIGTERM), child.output.text())
-        # Terminate, 1 s, SIGTERM (ignored), 1 s, SIGKILL: the bound is
-        # stop_grace_period + kill_timeout, and a loaded machine's margin.
-        self.assertGreaterEqual(elapsed, 2.0)
-        self.assertLess(elapsed, 2.0 + 20.0)
-        self.assertIn("killed by SIGKILL", child.output.text())
+        text = child.output.text()
+        self.assertEqual(ended, (None, signal.SIGTERM), text)
+        # What the bound is about: each step was taken, in order, after the
+        # one before had its time (a line is read after it is written, so
+        # these are lower bounds whatever the load).
+        self.assertEqual(sorted(seen, key=seen.__getitem__), list(steps), text)
+        self.assertGreaterEqual(seen["sigterm"] - started, grace)
+        self.assertGreaterEqual(seen["sigkill"] - started, grace + kill)
+        self.assertIn("killed by SIGKILL", text)
         self.assertFalse(alive(pid))
         self.assertEqual(spearlet.sockets(), [])
+        # The bound: stop_grace_period + kill_timeout, and what a loaded
+        # machine adds to starting and ending the rest (STEP, as every step).
+        self.assertLess(elapsed, grace + kill + STEP)
 
 
 class RefusalTests(TestCase):

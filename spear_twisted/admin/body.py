@@ -21,7 +21,7 @@ import orjson
 
 from spear_twisted.errors import InvalidMessage
 from spear_twisted.settings import setting
-from spear_twisted.wire import ExecuteRequest, ExecuteResponse, ExecutionMode
+from spear_twisted.wire import ExecuteRequest, ExecuteResponse, ExecutionMode, RuntimeInstanceId
 from spear_twisted.wire.codec import structure, unstructure
 from spear_twisted.wire.strict_json import loads
 
@@ -120,9 +120,17 @@ def parse_execute_body(task_id: str, data: bytes) -> tuple[ExecuteRequest, float
     return request, body.timeout
 
 
-def response_document(response: ExecuteResponse) -> dict[str, Any]:
-    """``response`` as JSON-ready data: the wire's body shape (``output`` and ``error`` are text)."""
+def response_document(
+    response: ExecuteResponse, instance_id: RuntimeInstanceId | None = None
+) -> dict[str, Any]:
+    """
+    ``response`` as JSON-ready data: the wire's body shape (``output`` and
+    ``error`` are text), with ``instance_id``, the instance that gave it,
+    when known.
+    """
     document: dict[str, Any] = unstructure(response)
+    if instance_id is not None:
+        document["instance_id"] = str(instance_id)
     return document
 
 

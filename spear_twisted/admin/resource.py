@@ -7,7 +7,7 @@ path                      methods    answer
 ``/healthz``              GET, HEAD  200 serving / 503 stopping or no task can serve
 ``/metrics``              GET, HEAD  Prometheus text exposition
 ``/status``               GET, HEAD  the service's status as JSON
-``/tasks/{id}/execute``   POST       the ``ExecuteResponse`` as JSON
+``/tasks/{id}/execute``   POST       the ``ExecuteResponse`` and ``instance_id`` as JSON
 ========================  =========  ==============================================
 
 With a bearer token set, every route but ``/healthz`` needs it.  Every refusal is a JSON
@@ -40,7 +40,8 @@ from spear_twisted.errors import (
     SpearError,
     UnknownRoute,
 )
-from spear_twisted.wire import ExecuteRequest, ExecuteResponse
+from spear_twisted.execution.request import ServedResponse
+from spear_twisted.wire import ExecuteRequest
 
 #: The content type of ``GET /metrics``: Prometheus text exposition 0.0.4.
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -52,9 +53,9 @@ log = Logger()
 class TaskExecutor(Protocol):
     """What the admin endpoint needs of the task execution manager."""
 
-    def execute(
+    def execute_with_instance(
         self, task_id: str, request: ExecuteRequest, timeout: float | None = None
-    ) -> Deferred[ExecuteResponse]: ...
+    ) -> Deferred[ServedResponse]: ...
 
 
 class Administered(Protocol):
@@ -185,7 +186,7 @@ class AdminResource(Resource):
         (task_id,) = parameters
         assert request.content is not None
         execute_request, timeout = parse_execute_body(task_id, request.content.read())
-        result = maybeDeferred(self.service.tasks.execute, task_id, execute_request, timeout)
+        result = maybeDeferred(self.service.tasks.execute_with_instance, task_id, execute_request, timeout)
         gone: list[bool] = []
 
         def client_gone(_reason: Failure) -> None:
@@ -194,9 +195,10 @@ class AdminResource(Resource):
 
         request.notifyFinish().addErrback(client_gone)
 
-        def answered(response: ExecuteResponse) -> None:
+        def answered(served: ServedResponse) -> None:
             if not gone:
-                _finish(request, _json(request, 200, response_document(response)))
+                document = response_document(served.response, served.instance_id)
+                _finish(request, _json(request, 200, document))
 
         def failed(failure: Failure) -> None:
             if gone:

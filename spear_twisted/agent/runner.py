@@ -18,11 +18,19 @@ import sys
 
 from spear_twisted.agent.config import (
     EXIT_CONFIG,
+    EXIT_OK,
     EXIT_UNREACHABLE,
     SECRET_VARIABLES,
     AgentConfig,
     AgentConfigError,
 )
+
+try:
+    # The C module, loaded with the interpreter: ``signal`` would make its
+    # enums before the AuthRequest goes out.
+    import _signal as signals  # type: ignore[import-not-found]
+except ImportError:  # another Python than CPython
+    import signal as signals
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,10 +68,32 @@ def run(
     ``Terminate`` signal, SIGTERM or SIGINT; 69 when the spearlet cannot
     be reached after every retry; 76 when it breaks the protocol; 77 when it
     refuses the instance's secret; 78 for a configuration error (including
-    the gRPC transport under asyncio without grpcio installed).
+    the gRPC transport under asyncio without grpcio installed).  A SIGTERM
+    or SIGINT during start-up (connecting, or importing the framework)
+    ends it with status 0 and a line on stderr.
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
+    # Until the event loop's own handlers take over, SIGTERM and SIGINT end
+    # the start-up (connecting, importing the framework) cleanly.
+    previous = _catch_early_signals()
+    try:
+        return _run(handler, framework, on_signal, config, overrides)
+    except _Terminated as e:
+        _say(f"terminating ({e.name}) before the agent started")
+        return EXIT_OK
+    finally:
+        for number, handler_before in previous.items():
+            signals.signal(number, handler_before)
+
+
+def _run(
+    handler: Handler,
+    framework: str,
+    on_signal: SignalHook | None,
+    config: AgentConfig | None,
+    overrides: dict[str, object],
+) -> int:
     try:
         if config is None:
             config = AgentConfig.from_environment(None, **overrides)
@@ -100,6 +130,33 @@ def run(
         txaio.start_logging(out=sys.stderr, level="info")
         from spear_twisted.agent.tx import run_agent
     return run_agent(handler, config, on_signal=on_signal, preconnected=connected)
+
+
+class _Terminated(BaseException):
+    """A SIGTERM or SIGINT during start-up (a BaseException: nothing on the way may catch it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+#: The signals that end the start-up, by number.
+_EARLY_SIGNALS = {signals.SIGTERM: "SIGTERM", signals.SIGINT: "SIGINT"}
+
+
+def _terminate_early(number: int, _frame: object) -> None:
+    raise _Terminated(_EARLY_SIGNALS.get(number, f"signal {number}"))
+
+
+def _catch_early_signals() -> dict[int, Any]:
+    """Route SIGTERM and SIGINT to :func:`_terminate_early`; the handlers they had."""
+    previous: dict[int, Any] = {}
+    for number in _EARLY_SIGNALS:
+        try:
+            previous[number] = signals.signal(number, _terminate_early)
+        except ValueError:
+            break  # not the main thread, which alone sets handlers: an agent's run is its program's
+    return previous
 
 
 def _has_grpcio() -> bool:

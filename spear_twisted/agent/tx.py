@@ -162,11 +162,13 @@ def run_agent(
         reactor.callFromThread(agent.terminate, signal.Signals(number).name)
 
     def install_signals() -> None:
-        # After the reactor's own handlers, which would stop it at once.
+        # Right after the reactor's own handlers (a startup trigger of the
+        # same phase, registered later), which would stop it at once; until
+        # then run()'s start-up handlers are in charge.
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, graceful)
 
-    reactor.callWhenRunning(install_signals)
+    reactor.addSystemEventTrigger("during", "startup", install_signals)
     if not outcome:
         reactor.run()
     return outcome[0] if outcome else 1

@@ -5,7 +5,8 @@ running spearlet (:class:`~spear_twisted.service.SpearService`).
 ``Execute`` runs the call's task through the TaskExecutionManager, as any
 caller of ``tasks.execute`` does: an instance is picked (or started), the
 request goes over its channel, and the instance's ``ExecuteResponse``
-comes back as the ``ExecuteResult``.  The time allowed is the call's
+comes back as the ``ExecuteResult``, with the ``instance_id`` of the
+instance that ran it.  The time allowed is the call's
 ``timeout_seconds`` or what is left of its gRPC deadline, whichever is
 shorter (the task's ``request_timeout`` when it has neither): a task that
 runs out of its ``timeout_seconds`` answers with status ``Timeout``; a call
@@ -35,8 +36,9 @@ from spear_twisted.channels._twisted import failure as failure_of
 from spear_twisted.channels.session_protocol import SERVER_VERSION
 from spear_twisted.errors import ExecutionTimeout, UnknownTask
 from spear_twisted.execution.manager import serving_status
+from spear_twisted.execution.request import ServedResponse
 from spear_twisted.runtime.model import InstanceStatus
-from spear_twisted.wire import PROTOCOL_VERSION, ExecuteResponse
+from spear_twisted.wire import PROTOCOL_VERSION
 
 #: Instance statuses that count as ready to work in ``TaskStatus.ready_instances``.
 READY_STATUSES = frozenset(serving_status(InstanceStatus.READY, outstanding, 2) for outstanding in (0, 1, 2))
@@ -68,7 +70,9 @@ class TaskExecutionBackend:
         )
         deadline_first = left is not None and (task_limit is None or left < task_limit)
         timeout = left if deadline_first else task_limit
-        running: Deferred[ExecuteResponse] = self.service.tasks.execute(call.task_id, request, timeout)
+        running: Deferred[ServedResponse] = self.service.tasks.execute_with_instance(
+            call.task_id, request, timeout
+        )
         return running.addCallbacks(_result, _timed_out, errbackArgs=(deadline_first, timeout))
 
     # -- Status ------------------------------------------------------------------------------------
@@ -133,8 +137,8 @@ class TaskExecutionBackend:
         return defer.succeed(reply)
 
 
-def _result(response: ExecuteResponse) -> pb.ExecuteResult:
-    return execute_result_from_response(response)
+def _result(served: ServedResponse) -> pb.ExecuteResult:
+    return execute_result_from_response(served.response, str(served.instance_id))
 
 
 def _timed_out(failure: Failure, deadline_first: bool, timeout: float | None) -> pb.ExecuteResult | Failure:
@@ -147,5 +151,6 @@ def _timed_out(failure: Failure, deadline_first: bool, timeout: float | None) ->
     if error.response is not None:
         # The task ran out of its time: a result with status Timeout, as the
         # instance (or the spearlet for it) reported it.
-        return execute_result_from_response(error.response)
+        instance_id = "" if error.instance_id is None else str(error.instance_id)
+        return execute_result_from_response(error.response, instance_id)
     return failure

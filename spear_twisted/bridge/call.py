@@ -225,6 +225,13 @@ class BridgeStream:
         """The connection is gone."""
         self._end(error)
 
+    def stream_closed(self, error: SpearError) -> None:
+        """
+        The stream closed while this call still had output queued: every
+        queued send fails with ``error``, and the call ends with it.
+        """
+        self._end(error)
+
     # -- receiving --------------------------------------------------------------------
 
     def _message_received(self, raw: bytes) -> None:

@@ -48,7 +48,13 @@ from spear_twisted.bridge.config import BridgeConfig
 from spear_twisted.bridge.headers import decode_metadata, is_grpc_content_type, parse_timeout
 from spear_twisted.bridge.methods import CallContext, MethodRegistry
 from spear_twisted.bridge.status import GrpcError, StatusCode
-from spear_twisted.errors import AuthenticationError, ConnectionLost, NotAuthenticated, ShuttingDown
+from spear_twisted.errors import (
+    AuthenticationError,
+    ConnectionLost,
+    NotAuthenticated,
+    RequestCancelled,
+    ShuttingDown,
+)
 
 if TYPE_CHECKING:
     from spear_twisted.bridge.server import BridgeServer
@@ -529,8 +535,19 @@ class BridgeProtocol(Protocol):
                         except h2.exceptions.StreamClosedError:
                             pass  # closed meanwhile: nothing to stop
         except h2.exceptions.StreamClosedError:
-            # Gone under us (reset in the same read): drop what it queued.
-            outbox.clear()
+            # Gone under us: the client reset it in this very read (its
+            # StreamReset event is still to come).  Nothing queued can go:
+            # every waiting send fails, saying so, and the call ends.
+            self._waiting.pop(stream_id, None)
+            self._touched.pop(stream_id, None)
+            messages = sum(1 for item in outbox if item[0] == DATA)
+            call.stream_closed(
+                RequestCancelled(
+                    f"the client closed stream {stream_id} before the call's queued output could be sent"
+                    f" ({messages} {'message' if messages == 1 else 'messages'})"
+                )
+            )
+            return moved
         if outbox:
             self._waiting[stream_id] = call
         else:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -78,6 +79,21 @@ class _Pending:
         self.timeout = timeout
         #: Answered, failed or cancelled: its deadline entry is stale.
         self.done = False
+
+
+@attrs.frozen
+class OutstandingRequest:
+    """
+    A request sent with :meth:`Channel.send_request`: its id, by which the
+    peer knows it (a ``Signal`` about it carries that id), and the Deferred
+    of its response.
+    """
+
+    #: The request id it went out under; ``None`` when it never went out
+    #: (nothing was connected: ``response`` has already failed).
+    request_id: int | None
+    #: Fires as :meth:`Channel.request_response`'s Deferred does; cancellable.
+    response: Deferred[SpearMessage]
 
 
 class _Totals:
@@ -416,13 +432,26 @@ class Channel(Factory):
         return waiter
 
     def request_response(self, message: SpearMessage, timeout: float | None = None) -> Deferred[SpearMessage]:
+        entry = self._request(message, timeout)
+        if isinstance(entry, SpearError):
+            return defer.fail(entry)
+        return entry.deferred
+
+    def send_request(self, message: SpearMessage, timeout: float | None = None) -> OutstandingRequest:
+        entry = self._request(message, timeout)
+        if isinstance(entry, SpearError):
+            return OutstandingRequest(None, defer.fail(entry))
+        return OutstandingRequest(entry.request_id, entry.deferred)
+
+    def _request(self, message: SpearMessage, timeout: float | None) -> _Pending | SpearError:
+        """Send ``message`` as a new request; its entry, or why nothing could be sent."""
         if timeout is None:
             timeout = self.config.request_timeout
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         connection = self._live_connection(None)
         if isinstance(connection, SpearError):
-            return defer.fail(connection)
+            return connection
         request_id = self._allocate_request_id()
         message = message.with_request_id(request_id)
         entry = _Pending(request_id, self.clock.seconds(), timeout)
@@ -433,7 +462,7 @@ class Channel(Factory):
         sending = connection.send_or_queue(message)
         if sending is not None:
             sending.addErrback(self._send_failed, entry)
-        return waiter
+        return entry
 
     def get_stats(self) -> ChannelStats:
         totals = _Totals()

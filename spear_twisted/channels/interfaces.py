@@ -45,6 +45,17 @@ class ICommunicationChannel(Interface):
             peer's error for an ``Error`` reply; cancellable.
         """
 
+    def send_request(message, timeout=None):  # type: ignore[no-untyped-def]
+        """
+        :meth:`request_response`, telling the caller the request id the
+        message went out under (to signal the peer about the request, say
+        to cancel it).
+
+        :return: an ``OutstandingRequest``: ``request_id`` (``None`` when
+            nothing was connected) and ``response``, the Deferred
+            :meth:`request_response` would return.
+        """
+
     def is_connected():  # type: ignore[no-untyped-def]
         """Whether an authenticated connection is up."""
 

@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -170,6 +171,8 @@ class SessionTransport(typing.Protocol):
     """
 
     def getPeer(self) -> object: ...
+
+    def getHost(self) -> object: ...
 
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
 
@@ -386,8 +389,8 @@ class SpearSessionProtocol(Protocol):
         transport = self._transport()
         now = self._now()
         self.connected_at = now
-        self.remote_addr = _describe_address(transport.getPeer())
         self.peer_credentials = peer_credentials(transport)
+        self.remote_addr = describe_peer(transport, self.peer_credentials)
         self.session = Session(self.role, self.session_config, now=now)
         transport.registerProducer(self, True)
         self._event(ConnectionEventKind.CONNECTED)
@@ -867,12 +870,36 @@ class SpearSessionProtocol(Protocol):
         return f"<{type(self).__name__} {self.connection_id} {self.role.value} {self.instance_id or '?'}>"
 
 
-def _describe_address(address: object) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
+def describe_peer(transport: SessionTransport, credentials: PeerCredentials | None = None) -> str:
+    """
+    Who is at the other end of ``transport``, for logs and status:
+    ``host:port`` over TCP; over a Unix socket, the socket's path (an
+    accepted peer has no address of its own: the path it connected to) and
+    the peer process's ``credentials``, ``SO_PEERCRED``
+    (``unix:/run/spear/agents.sock pid=4242 uid=1000``).
+    """
+    peer = transport.getPeer()
+    if isinstance(peer, UNIXAddress):
+        path = _unix_path(peer) or _unix_path(transport.getHost())
+        where = f"unix:{path}" if path else "unix"
+        if credentials is not None:
+            where += f" pid={credentials.pid} uid={credentials.uid}"
+        return where
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
     if host is not None and port is not None:
         return f"{host}:{port}"
-    name = getattr(address, "name", None)
+    name = getattr(peer, "name", None)
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
-    return str(name) if name else type(address).__name__
+    return str(name) if name else type(peer).__name__
+
+
+def _unix_path(address: object) -> str | None:
+    """The path of a Unix socket address; ``None`` for an unnamed socket (or another address)."""
+    if not isinstance(address, UNIXAddress):
+        return None
+    name: bytes | str | None = address.name
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace") or None
+    return name or None

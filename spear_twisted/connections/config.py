@@ -10,7 +10,7 @@ import attrs
 
 from spear_twisted.channels.config import ChannelConfig
 from spear_twisted.channels.tcp import is_loopback
-from spear_twisted.settings import setting
+from spear_twisted.settings import positive_or_off, setting
 from spear_twisted.wire import (
     AUTH_TIMEOUT,
     CONNECTION_TIMEOUT,
@@ -39,11 +39,6 @@ class DuplicatePolicy(enum.Enum):
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None or value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
-        _positive(instance, attribute, value)
 
 
 def _port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
@@ -115,9 +110,9 @@ class ConnectionManagerConfig:
         CONNECTION_TIMEOUT,
         doc=(
             "Seconds an authenticated connection may carry nothing but heartbeats before it is closed "
-            "(error 1203); ``None`` disables it."
+            "(error 1203); ``false`` (``None``) disables it."
         ),
-        validator=_positive_or_none,
+        validator=positive_or_off,
     )
     auth_timeout: float = setting(
         AUTH_TIMEOUT,

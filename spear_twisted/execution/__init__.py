@@ -6,7 +6,7 @@ healthy one.
 
 from spear_twisted.execution.manager import TaskExecutionManager, serving_status
 from spear_twisted.execution.pool import InstancePool, Member
-from spear_twisted.execution.request import CANCEL_SIGNAL, Execution, cancel_signal
+from spear_twisted.execution.request import CANCEL_SIGNAL, Execution, ServedResponse, cancel_signal
 from spear_twisted.execution.scheduler import least_loaded
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Execution",
     "InstancePool",
     "Member",
+    "ServedResponse",
     "TaskExecutionManager",
     "cancel_signal",
     "least_loaded",

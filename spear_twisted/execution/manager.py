@@ -25,7 +25,7 @@ from spear_twisted.config import TaskConfig
 from spear_twisted.errors import ShuttingDown, UnknownTask
 from spear_twisted.execution.metrics import ExecutionCollector
 from spear_twisted.execution.pool import InstancePool, Member
-from spear_twisted.execution.request import Execution
+from spear_twisted.execution.request import Execution, ServedResponse
 from spear_twisted.monitoring import MonitoringService
 from spear_twisted.runtime.events import RuntimeEvent
 from spear_twisted.runtime.model import SERVING, InstanceStatus
@@ -133,8 +133,26 @@ class TaskExecutionManager(Service):
             ``UnknownTask``, ``NoInstanceAvailable``, ``ExecutionTimeout``
             (its ``response`` has status Timeout), ``InstanceLost``,
             ``ShuttingDown``, or the instance's own error.  Cancelling it
-            withdraws the request.
+            withdraws the request (an instance that has it is sent the
+            cancel signal).
         """
+        started: Deferred[ExecuteResponse] = self._execute(task_id, request, timeout, with_instance=False)
+        return started
+
+    def execute_with_instance(
+        self, task_id: str, request: ExecuteRequest, timeout: float | None = None
+    ) -> Deferred[ServedResponse]:
+        """
+        :meth:`execute`, telling which instance answered: the Deferred fires
+        with a :class:`ServedResponse`, the instance's ``ExecuteResponse``
+        and the id of the instance that gave it.
+        """
+        started: Deferred[ServedResponse] = self._execute(task_id, request, timeout, with_instance=True)
+        return started
+
+    def _execute(
+        self, task_id: str, request: ExecuteRequest, timeout: float | None, *, with_instance: bool
+    ) -> Deferred[Any]:
         pool = self.pools.get(task_id)
         if pool is None:
             known = ", ".join(sorted(self.pools)) or "none"
@@ -147,7 +165,7 @@ class TaskExecutionManager(Service):
             return defer.fail(ValueError(f"timeout must be a positive number of seconds, not {timeout!r}"))
         if request.task_id != task_id:
             request = attrs.evolve(request, task_id=task_id)
-        return Execution(self, pool, request, timeout).begin()
+        return Execution(self, pool, request, timeout, with_instance=with_instance).begin()
 
     # -- status ------------------------------------------------------------------------------------------
 

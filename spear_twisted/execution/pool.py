@@ -42,11 +42,17 @@ _ENDED = frozenset({InstanceStatus.STOPPED, InstanceStatus.ERROR})
 class Waiter(Protocol):
     """A request waiting for an instance."""
 
+    #: When it stops waiting (on the reactor's clock).
+    deadline: float
+
     def assigned(self, member: Member) -> None:
         """``member`` takes the request (its ``outstanding`` already counts it)."""
 
     def refused(self, error: SpearError) -> None:
         """No instance will come: the pool is stopping."""
+
+    def unservable(self, reason: str) -> None:
+        """No instance can take it before its deadline (``reason`` says why); it waits no more."""
 
 
 @attrs.define(eq=False)
@@ -189,6 +195,7 @@ class InstancePool:
         self.last_error = reason
         self._failures += 1
         if self._replace_timer is not None or self._stopping:
+            self._give_up_hopeless()
             return
         backoff = self.runtime.config.backoff
         delay = min(backoff.max_delay, backoff.min_delay * 2 ** (self._failures - 1))
@@ -199,6 +206,28 @@ class InstancePool:
             reason=reason,
         )
         self._replace_timer = self.reactor.callLater(delay, self._replace)
+        self._give_up_hopeless()
+
+    def _give_up_hopeless(self) -> None:
+        """
+        Fail the waiting requests that no instance can take before their
+        deadline: none is running or starting (every one ended, in Error
+        after a crash loop, say) and the next is started only after it.
+        A request waits on while an instance is starting or busy.
+        """
+        timer = self._replace_timer
+        if not self.waiting or timer is None or any(member.live for member in self.members):
+            return
+        starts_at = timer.getTime()
+        hopeless = [waiter for waiter in self.waiting if waiter.deadline <= starts_at]
+        if not hopeless:
+            return
+        delay = max(0.0, starts_at - self.reactor.seconds())
+        reason = f"{self.describe_failure()}; the next instance starts in {delay:.3g} s"
+        for waiter in hopeless:
+            self.withdraw(waiter)
+        for waiter in hopeless:
+            waiter.unservable(reason)
 
     def _replace(self) -> None:
         self._replace_timer = None
@@ -268,6 +297,7 @@ class InstancePool:
                 return member
         self.waiting.append(waiter)
         self._fill()
+        self._give_up_hopeless()
         return None
 
     def withdraw(self, waiter: Waiter) -> None:

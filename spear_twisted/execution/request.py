@@ -9,11 +9,16 @@ instance's work.  What can happen:
   ``ExecuteResponse`` (an answer with status Timeout is an
   :class:`~spear_twisted.errors.ExecutionTimeout`);
 * no instance can take it before the deadline:
-  :class:`~spear_twisted.errors.NoInstanceAvailable`, saying why;
+  :class:`~spear_twisted.errors.NoInstanceAvailable`, saying why; at once
+  when none can (every instance ended, in Error after a crash loop say, and
+  the next starts only after the deadline), else at the deadline;
 * the instance does not answer before the deadline: it is sent the cancel
   signal (below) and the caller gets
   :class:`~spear_twisted.errors.ExecutionTimeout`, whose ``response`` has
   status Timeout;
+* the caller cancels the Deferred: a request still waiting for an instance
+  is withdrawn; one an instance has is sent the cancel signal too, and the
+  instance is free for the next request at once;
 * the instance's connection is lost while it works:
   :class:`~spear_twisted.errors.InstanceLost`; if the task is idempotent,
   the request is first tried again on another instance while time remains.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -51,6 +57,7 @@ from spear_twisted.wire import (
     ExecuteRequest,
     ExecuteResponse,
     ExecutionStatus,
+    RuntimeInstanceId,
     SignalMessage,
     SignalType,
     SpearMessage,
@@ -73,13 +80,28 @@ def cancel_signal(task_id: str, request_id: int) -> SpearMessage:
     return SpearMessage.signal(request_id, body)
 
 
+@attrs.frozen
+class ServedResponse:
+    """An instance's answer to an ``execute``, and which instance gave it."""
+
+    response: ExecuteResponse
+    #: The instance that ran the request (the last one tried, after a retry).
+    instance_id: RuntimeInstanceId
+
+
 class Execution:
     """One request's way through the pool; see the module docstring."""
 
     log = Logger()
 
     def __init__(
-        self, manager: TaskExecutionManager, pool: InstancePool, request: ExecuteRequest, seconds: float
+        self,
+        manager: TaskExecutionManager,
+        pool: InstancePool,
+        request: ExecuteRequest,
+        seconds: float,
+        *,
+        with_instance: bool = False,
     ) -> None:
         self.manager = manager
         self.pool = pool
@@ -88,15 +110,19 @@ class Execution:
         self.clock = manager.reactor
         self.started = self.clock.seconds()
         self.deadline = self.started + seconds
-        self.result: Deferred[ExecuteResponse] = Deferred(self._cancelled)
+        self.with_instance = with_instance
+        #: Fires with the ``ExecuteResponse``; a :class:`ServedResponse` ``with_instance``.
+        self.result: Deferred[Any] = Deferred(self._cancelled)
         #: Instances that took the request, in order.
         self.attempts: list[Member] = []
         self._member: Member | None = None
         self._pending: Deferred[SpearMessage] | None = None
+        #: The request id of the request at ``_member``, while it is there.
+        self._request_id: int | None = None
         self._timer: IDelayedCall | None = None
         self._done = False
 
-    def begin(self) -> Deferred[ExecuteResponse]:
+    def begin(self) -> Deferred[Any]:
         """Start; the caller's Deferred."""
         self._attempt()
         return self.result
@@ -130,6 +156,17 @@ class Execution:
         self._cancel_timer()
         self._fail(error, "refused")
 
+    def unservable(self, reason: str) -> None:
+        """No instance can take the request before its deadline: fail now rather than then."""
+        self._cancel_timer()
+        self._fail(
+            NoInstanceAvailable(
+                f"no instance of task {self.pool.task.id} can take the request within {self.seconds:g} s"
+                f" ({reason})"
+            ),
+            "no_instance",
+        )
+
     # -- running it ---------------------------------------------------------------------------------
 
     def assigned(self, member: Member) -> None:
@@ -145,17 +182,20 @@ class Execution:
             pending: Deferred[SpearMessage] = defer.fail(
                 ConnectionClosed("the instance has no channel", instance_id=member.instance.instance_id)
             )
+            self._request_id = None
         else:
-            pending = channel.request_response(
+            outstanding = channel.send_request(
                 SpearMessage.execute_request(0, self.request), max(_MIN_TIMEOUT, self.remaining())
             )
+            pending = outstanding.response
+            self._request_id = outstanding.request_id
         # A request that failed at once never left: the connection was already gone.
         sent = not pending.called
         self._pending = pending
         pending.addCallbacks(self._answered, self._failed, callbackArgs=(member,), errbackArgs=(member, sent))
 
     def _answered(self, message: SpearMessage, member: Member) -> None:
-        self._pending = self._member = None
+        self._pending = self._member = self._request_id = None
         self.pool.release(member)
         try:
             body = message.parse_payload()
@@ -183,10 +223,10 @@ class Execution:
                 "timeout",
             )
             return
-        self._succeed(body)
+        self._succeed(body, member)
 
     def _failed(self, failure: Failure, member: Member, sent: bool) -> None:
-        self._pending = self._member = None
+        self._pending = self._member = self._request_id = None
         self.pool.release(member)
         if self._done:
             return
@@ -261,12 +301,15 @@ class Execution:
     def _elapsed_ms(self) -> int:
         return max(0, int((self.clock.seconds() - self.started) * 1000))
 
-    def _succeed(self, response: ExecuteResponse) -> None:
+    def _succeed(self, response: ExecuteResponse, member: Member) -> None:
         if self._done:
             return
         self._done = True
         self.manager.record(self, response.status.value.lower())
-        self.result.callback(response)
+        # Made only for the callers that ask: execute() is the hot path.
+        self.result.callback(
+            ServedResponse(response, member.instance.instance_id) if self.with_instance else response
+        )
 
     def _fail(self, error: BaseException | Failure, outcome: str) -> None:
         if self._done:
@@ -281,13 +324,26 @@ class Execution:
             timer.cancel()
 
     def _cancelled(self, _: Deferred[Any]) -> None:
-        """The caller cancelled: stop waiting, or stop waiting for the answer."""
+        """
+        The caller cancelled: stop waiting for an instance, or, when an
+        instance has the request, send it the cancel signal and stop waiting
+        for its answer (the instance is free again at once).
+        """
         if self._done:
             return
         self._done = True
         self.manager.record(self, "cancelled")
         self._cancel_timer()
         self.pool.withdraw(self)
-        pending = self._pending
-        if pending is not None:
-            pending.cancel()
+        pending, member, request_id = self._pending, self._member, self._request_id
+        if pending is None:
+            return
+        if member is not None and request_id is not None and not pending.called:
+            self.log.info(
+                "Task {task_id}: request {request_id} at instance {instance_id} cancelled by its caller",
+                task_id=self.pool.task.id,
+                request_id=request_id,
+                instance_id=str(member.instance.instance_id),
+            )
+            self._send_cancel(member, request_id)
+        pending.cancel()

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from spear_twisted.settings import setting
+from spear_twisted.settings import positive_or_off, setting
 from spear_twisted.wire import RuntimeInstanceId
 
 #: Status changes kept per instance; older ones are dropped first.
@@ -105,9 +105,9 @@ class ResourceLimits:
         doc=(
             "Address-space limit in bytes (``RLIMIT_AS``), default 1 GiB; an allocation beyond it fails "
             "(Python raises ``MemoryError``).  Runtimes that reserve much address space up front (the "
-            "JVM, Go) need more, or ``None``."
+            "JVM, Go) need more, or ``false`` (``None``): no limit of its own."
         ),
-        validator=positive,
+        validator=positive_or_off,
     )
     max_cpu_seconds: int | None = setting(
         None,
@@ -115,7 +115,12 @@ class ResourceLimits:
         validator=positive,
     )
     max_open_files: int | None = setting(
-        1024, doc="Open file descriptor limit (``RLIMIT_NOFILE``), default 1024.", validator=positive
+        1024,
+        doc=(
+            "Open file descriptor limit (``RLIMIT_NOFILE``), default 1024; ``false`` (``None``): "
+            "the spearlet's own."
+        ),
+        validator=positive_or_off,
     )
     max_processes: int | None = setting(
         None,

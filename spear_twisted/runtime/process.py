@@ -39,6 +39,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -123,7 +124,8 @@ class ProcessRuntimeConfig:
         doc=(
             "Make the spearlet the reaper of its instances' orphans (``PR_SET_CHILD_SUBREAPER``), so that "
             "killed grandchildren never linger as zombies where init does not reap them (a container "
-            "whose PID 1 is not an init).  Orphans of other children of the process come to it as well."
+            "whose PID 1 is not an init).  Orphans of other children of the process come to it as well, "
+            "and are reaped when they end."
         ),
     )
 
@@ -195,6 +197,8 @@ class ProcessRuntime(Service):
         self._subscribers: list[EventSubscriber] = []
         self._shutting_down = False
         self._subreaper: bool | None = None
+        # Collects the orphans adopted as a subreaper, while instances run.
+        self._orphans: LoopingCall | None = None
 
     @classmethod
     def from_connection_manager(cls, manager: Any, **kwargs: Any) -> ProcessRuntime:
@@ -397,6 +401,10 @@ class ProcessRuntime(Service):
             self._subreaper = become_subreaper()
             if not self._subreaper:
                 self.log.warn("Could not become the reaper of orphaned instance processes")
+        if self._subreaper and self._orphans is None:
+            self._orphans = LoopingCall(self._reap_orphans)
+            self._orphans.clock = self.reactor
+            self._orphans.start(self.groups.orphan_interval, now=False)
         rlimits, notes = effective_limits(instance.limits.as_rlimits())
         for note in notes:
             self.log.warn("Instance {instance_id}: {note}", instance_id=str(instance.instance_id), note=note)
@@ -694,13 +702,22 @@ class ProcessRuntime(Service):
         instance_id = str(instance.instance_id)
         channel = self.factory.get_channel(instance.instance_id)
         if channel is not None and channel.is_connected():
+            self.log.info(
+                "Instance {instance_id}: Terminate signal; {seconds:g} s to exit",
+                instance_id=instance_id,
+                seconds=config.stop_grace_period,
+            )
             terminate = SpearMessage.signal(0, SignalMessage(SignalType.TERMINATE, instance.task_id))
             channel.send(terminate).addErrback(lambda _: None)
             if (yield self._wait_exit(process, config.stop_grace_period)):
                 return
         if not process.running:
             return
-        self.log.info("Instance {instance_id}: SIGTERM to its process group", instance_id=instance_id)
+        self.log.info(
+            "Instance {instance_id}: SIGTERM to its process group; {seconds:g} s to exit",
+            instance_id=instance_id,
+            seconds=config.kill_timeout,
+        )
         process.signal_group(signal.SIGTERM)
         if (yield self._wait_exit(process, config.kill_timeout)):
             return
@@ -750,7 +767,19 @@ class ProcessRuntime(Service):
         service.stopService()
         self._shutting_down = True
         stops = [self.stop_instance(state.instance) for state in list(self._states.values())]
-        return defer.DeferredList(stops, consumeErrors=True).addCallback(lambda _: None)
+        return defer.DeferredList(stops, consumeErrors=True).addCallback(self._all_stopped)
+
+    def _all_stopped(self, _: object) -> None:
+        orphans, self._orphans = self._orphans, None
+        if orphans is not None:
+            if orphans.running:
+                orphans.stop()
+            self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        reaped = self.groups.reap_orphans()
+        if reaped:
+            self.log.info("Reaped {count} orphaned processes adopted by the spearlet", count=reaped)
 
     # -- observation --------------------------------------------------------------------------------
 

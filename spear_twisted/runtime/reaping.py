@@ -11,7 +11,10 @@ An instance leads its own process group; when its leader exits, what it
 left in the group is killed, and :func:`wait_group_gone` waits until no
 member is alive.  Killed grandchildren are orphans: the system's init reaps
 them, or this process if :func:`become_subreaper` made it their reaper, in
-which case :meth:`ProcessGroups.reap` collects them.
+which case :meth:`ProcessGroups.reap` collects them.  A subreaper also
+adopts the orphans of every other descendant (a grandchild that left its
+instance's group, a program that daemonizes), whenever they end:
+:meth:`ProcessGroups.reap_orphans` collects those.
 """
 
 from __future__ import annotations
@@ -170,6 +173,35 @@ class ProcessGroups:
             if pid == 0:
                 return reaped
             reaped += 1
+
+    #: Seconds between collections of adopted orphans (see :meth:`reap_orphans`).
+    orphan_interval = 5.0
+
+    def reap_orphans(self) -> int:
+        """
+        Reap the exited children of this process that nobody else waits
+        for: orphans it adopted as a subreaper.  A child that Twisted
+        spawned (it reaps its own) or that is in this process's own group
+        (a ``subprocess`` child of the application, which waits for it) is
+        left alone.  How many were reaped.
+        """
+        from twisted.internet.process import reapProcessHandlers
+
+        own_group = os.getpgrp()
+        reaped = 0
+        for child in psutil.Process().children():
+            pid = child.pid
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE or pid in reapProcessHandlers:
+                    continue
+                if os.getpgid(pid) == own_group:
+                    continue
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except (psutil.Error, OSError):
+                continue  # gone meanwhile, or reaped by someone else
+            if done:
+                reaped += 1
+        return reaped
 
 
 def wait_group_gone(

@@ -28,6 +28,7 @@ import attrs
 import orjson
 
 from spear_twisted.errors import InvalidJson, InvalidMessage
+from spear_twisted.settings import can_turn_off
 from spear_twisted.wire import strict_json
 from spear_twisted.wire.messages import (
     BODY_TYPES,
@@ -361,7 +362,13 @@ def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
         attrs.resolve_types(cls)
         fields = attrs.fields(cls)
         required.extend(field.name for field in fields if field.default is attrs.NOTHING)
-        return {field.name: (field.type, structure_hook(field.type)) for field in fields}
+        return {
+            field.name: (
+                field.type,
+                _off_hook(field.type) if can_turn_off(field) else structure_hook(field.type),
+            )
+            for field in fields
+        }
 
     def structure_settings(value: Any, _type: Any) -> Any:
         nonlocal specs
@@ -394,6 +401,36 @@ def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
             raise SchemaError.at_root(str(e)) from None
 
     return structure_settings
+
+
+def _off_hook(kind: Any) -> Callable[[Any, Any], Any]:
+    """
+    A setting of type ``T | None`` whose default is not ``None``: ``false``
+    turns it off (``None``), as TOML has no null; anything else is a ``T``,
+    and an error says that ``false`` is accepted too.
+    """
+    inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    inner_hook = structure_hook(inner)
+
+    def structure_off(value: Any, _type: Any) -> Any:
+        if value is False:
+            return None
+        try:
+            return inner_hook(value, inner)
+        except SchemaError as e:
+            raise SchemaError(
+                [(path, _or_false(reason) if not path else reason) for path, reason in e.problems]
+            ) from None
+
+    return structure_off
+
+
+def _or_false(reason: str) -> str:
+    """``expected number, found string`` as ``expected number or false, found string``."""
+    head, found, rest = reason.partition(", found ")
+    if not head.startswith("expected ") or not found:
+        return reason
+    return f"{head} or false, found {rest}"
 
 
 def _structure_int(value: Any, _type: Any) -> int:
