@@ -40,7 +40,8 @@ from spear_twisted.wire.messages import (
     MessageType,
     SignalType,
     SpearMessage,
-    Timestamp,
+    make_message,
+    make_timestamp,
 )
 
 __all__ = [
@@ -836,7 +837,6 @@ def decode_message(data: bytes) -> SpearMessage:
 
 _MESSAGE_TYPES_BY_NAME = {kind.value: kind for kind in MessageType}
 _U64_MAX = 2**64 - 1
-_new = object.__new__
 _set = object.__setattr__
 _DIGITS_AND_COMMAS = b"0123456789,"
 
@@ -917,26 +917,31 @@ def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
     """
     if type(value) is not dict or len(value) != 5:
         return None
-    name = value.get("message_type")
+    try:
+        name = value["message_type"]
+        request_id = value["request_id"]
+        timestamp = value["timestamp"]
+        payload = value["payload"]
+        version = value["version"]
+        if type(timestamp) is not dict or len(timestamp) != 2:
+            return None
+        secs = timestamp["secs_since_epoch"]
+        nanos = timestamp["nanos_since_epoch"]
+    except KeyError:
+        return None
     message_type = _MESSAGE_TYPES_BY_NAME.get(name) if type(name) is str else None
-    request_id = value.get("request_id")
-    timestamp = value.get("timestamp")
-    payload = value.get("payload")
-    version = value.get("version")
     if (
         message_type is None
         or type(request_id) is not int
         or not 0 <= request_id <= _U64_MAX
-        or type(timestamp) is not dict
-        or len(timestamp) != 2
-        or type(payload) is not list
+        or type(secs) is not int
+        or not 0 <= secs <= _U64_MAX
+        or type(nanos) is not int
+        or not 0 <= nanos < 1_000_000_000
         or type(version) is not int
         or not 0 <= version <= 255
+        or type(payload) is not list
     ):
-        return None
-    secs = timestamp.get("secs_since_epoch")
-    nanos = timestamp.get("nanos_since_epoch")
-    if type(secs) is not int or not 0 <= secs <= _U64_MAX or type(nanos) is not int or not 0 <= nanos < 10**9:
         return None
     try:
         payload_bytes = bytes(bytearray(payload))
@@ -954,16 +959,7 @@ def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
     if (b"true" in residue or b"false" in residue) and _has_booleans(payload):
         return None
     # Every value is checked above: build without re-running the validators.
-    stamp = _new(Timestamp)
-    _set(stamp, "secs_since_epoch", secs)
-    _set(stamp, "nanos_since_epoch", nanos)
-    message = _new(SpearMessage)
-    _set(message, "message_type", message_type)
-    _set(message, "request_id", request_id)
-    _set(message, "timestamp", stamp)
-    _set(message, "payload", payload_bytes)
-    _set(message, "version", version)
-    return message
+    return make_message(message_type, request_id, make_timestamp(secs, nanos), payload_bytes, version)
 
 
 def _readable_request_id(data: bytes) -> int | None:

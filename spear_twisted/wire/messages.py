@@ -30,7 +30,6 @@ from spear_twisted.wire.constants import PROTOCOL_VERSION
 from spear_twisted.wire.identity import RuntimeInstanceId
 
 _new = object.__new__
-_set = object.__setattr__
 _U64_MAX = 2**64 - 1
 
 # -- scalar types -------------------------------------------------------------
@@ -259,10 +258,7 @@ class Timestamp:
         if cls is not Timestamp:
             return cls(seconds, nanos)
         # In range by construction: skip the validators (every message is stamped).
-        stamp = _new(cls)
-        _set(stamp, "secs_since_epoch", seconds)
-        _set(stamp, "nanos_since_epoch", nanos)
-        return stamp
+        return make_timestamp(seconds, nanos)
 
     @classmethod
     def from_ns(cls, nanoseconds: int) -> Timestamp:
@@ -506,13 +502,7 @@ class SpearMessage:
             return cls(message_type, request_id, timestamp or Timestamp.now(), payload)
         # Every field is valid (checked above, or made here): the hot path
         # of every send skips the validators.
-        message = _new(cls)
-        _set(message, "message_type", message_type)
-        _set(message, "request_id", request_id)
-        _set(message, "timestamp", timestamp or Timestamp.now())
-        _set(message, "payload", payload)
-        _set(message, "version", PROTOCOL_VERSION)
-        return message
+        return make_message(message_type, request_id, timestamp or Timestamp.now(), payload, PROTOCOL_VERSION)
 
     @classmethod
     def auth_request(cls, request_id: int, body: AuthRequest) -> SpearMessage:
@@ -573,16 +563,10 @@ class SpearMessage:
 
     def with_request_id(self, request_id: int) -> SpearMessage:
         """This message under another request id."""
-        if type(request_id) is not int or not 0 <= request_id < 2**64:
+        if type(request_id) is not int or not 0 <= request_id <= _U64_MAX:
             raise ValueError(f"request_id={request_id!r} is out of range for u64")
         # Every other field is already valid: copy without re-validating.
-        copy = object.__new__(SpearMessage)
-        object.__setattr__(copy, "message_type", self.message_type)
-        object.__setattr__(copy, "request_id", request_id)
-        object.__setattr__(copy, "timestamp", self.timestamp)
-        object.__setattr__(copy, "payload", self.payload)
-        object.__setattr__(copy, "version", self.version)
-        return copy
+        return make_message(self.message_type, request_id, self.timestamp, self.payload, self.version)
 
     def parse_payload(self) -> Body:
         """
@@ -614,6 +598,42 @@ class SpearMessage:
     def to_frame(self) -> bytes:
         """This message as a whole frame: length prefix and JSON text."""
         return codec.encode_frame_for(self)
+
+
+# -- unchecked construction, for values already known to be valid ----------------------------
+#
+# The hot paths (every message sent, every message decoded) build messages
+# whose fields they have checked or made themselves; the validators would
+# check them again.  The slots' own setters are the fastest way in.
+
+_set_secs, _set_nanos = (
+    Timestamp.__dict__[name].__set__ for name in ("secs_since_epoch", "nanos_since_epoch")
+)
+_set_type, _set_id, _set_time, _set_payload, _set_version = (
+    SpearMessage.__dict__[name].__set__
+    for name in ("message_type", "request_id", "timestamp", "payload", "version")
+)
+
+
+def make_timestamp(seconds: int, nanos: int) -> Timestamp:
+    """A ``Timestamp`` of values the caller has checked (u64, 0..10^9-1), without the validators."""
+    stamp: Timestamp = _new(Timestamp)
+    _set_secs(stamp, seconds)
+    _set_nanos(stamp, nanos)
+    return stamp
+
+
+def make_message(
+    message_type: MessageType, request_id: int, timestamp: Timestamp, payload: bytes, version: int
+) -> SpearMessage:
+    """A ``SpearMessage`` of values the caller has checked, without the validators."""
+    message: SpearMessage = _new(SpearMessage)
+    _set_type(message, message_type)
+    _set_id(message, request_id)
+    _set_time(message, timestamp)
+    _set_payload(message, payload)
+    _set_version(message, version)
+    return message
 
 
 # Imported last: the codec needs the classes above, the methods above need it.
