@@ -40,8 +40,8 @@ from spear_twisted.wire.messages import (
     MessageType,
     SignalType,
     SpearMessage,
-    make_message,
-    make_timestamp,
+    _make_message,
+    _make_timestamp,
 )
 
 __all__ = [
@@ -959,7 +959,7 @@ def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
     if (b"true" in residue or b"false" in residue) and _has_booleans(payload):
         return None
     # Every value is checked above: build without re-running the validators.
-    return make_message(message_type, request_id, make_timestamp(secs, nanos), payload_bytes, version)
+    return _make_message(message_type, request_id, _make_timestamp(secs, nanos), payload_bytes, version)
 
 
 def _readable_request_id(data: bytes) -> int | None:

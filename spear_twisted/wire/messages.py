@@ -258,7 +258,7 @@ class Timestamp:
         if cls is not Timestamp:
             return cls(seconds, nanos)
         # In range by construction: skip the validators (every message is stamped).
-        return make_timestamp(seconds, nanos)
+        return _make_timestamp(seconds, nanos)
 
     @classmethod
     def from_ns(cls, nanoseconds: int) -> Timestamp:
@@ -502,7 +502,8 @@ class SpearMessage:
             return cls(message_type, request_id, timestamp or Timestamp.now(), payload)
         # Every field is valid (checked above, or made here): the hot path
         # of every send skips the validators.
-        return make_message(message_type, request_id, timestamp or Timestamp.now(), payload, PROTOCOL_VERSION)
+        stamp = timestamp or Timestamp.now()
+        return _make_message(message_type, request_id, stamp, payload, PROTOCOL_VERSION)
 
     @classmethod
     def auth_request(cls, request_id: int, body: AuthRequest) -> SpearMessage:
@@ -566,7 +567,7 @@ class SpearMessage:
         if type(request_id) is not int or not 0 <= request_id <= _U64_MAX:
             raise ValueError(f"request_id={request_id!r} is out of range for u64")
         # Every other field is already valid: copy without re-validating.
-        return make_message(self.message_type, request_id, self.timestamp, self.payload, self.version)
+        return _make_message(self.message_type, request_id, self.timestamp, self.payload, self.version)
 
     def parse_payload(self) -> Body:
         """
@@ -615,7 +616,7 @@ _set_type, _set_id, _set_time, _set_payload, _set_version = (
 )
 
 
-def make_timestamp(seconds: int, nanos: int) -> Timestamp:
+def _make_timestamp(seconds: int, nanos: int) -> Timestamp:
     """A ``Timestamp`` of values the caller has checked (u64, 0..10^9-1), without the validators."""
     stamp: Timestamp = _new(Timestamp)
     _set_secs(stamp, seconds)
@@ -623,7 +624,7 @@ def make_timestamp(seconds: int, nanos: int) -> Timestamp:
     return stamp
 
 
-def make_message(
+def _make_message(
     message_type: MessageType, request_id: int, timestamp: Timestamp, payload: bytes, version: int
 ) -> SpearMessage:
     """A ``SpearMessage`` of values the caller has checked, without the validators."""
