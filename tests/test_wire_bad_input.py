@@ -233,6 +233,20 @@ class InvalidJsonTests(BadInputTestCase):
         data = b'{"version":1,' + envelope(payload=payload)[1:]
         self.assert_invalid_json(data, "duplicate key 'version'")
 
+    def test_duplicate_key_whose_lost_value_hides_brackets_and_colons_is_invalid_json(self) -> None:
+        # The envelope's colons are counted around the stretch from the first
+        # "[" to the last "]" (the payload array): a lost value that puts
+        # brackets or colons anywhere must not move a member out of the count.
+        payload = "[" + ",".join(map(str, HEARTBEAT)) + "]"
+        for data, key in (
+            (b'{"version":"[:]",' + envelope()[1:], "version"),
+            (b'{"version":"[",' + envelope()[1:-1] + b',"request_id":"]"}', "version"),
+            (envelope(payload=payload + ',"payload":' + payload), "payload"),
+            (envelope(payload='[1],"payload":' + payload), "payload"),
+            (envelope(payload=payload, version='"]:",' + '"version":1'), "version"),
+        ):
+            self.assert_invalid_json(data, f"duplicate key '{key}'")
+
     def test_nan_and_infinities_are_invalid_json(self) -> None:
         for number in ("NaN", "Infinity", "-Infinity", "1e400", "-1e400"):
             body = EXECUTE_RESPONSE.replace('"cpu_percent":1.5', '"cpu_percent":' + number)

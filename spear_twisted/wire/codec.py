@@ -838,7 +838,6 @@ def decode_message(data: bytes) -> SpearMessage:
 _MESSAGE_TYPES_BY_NAME = {kind.value: kind for kind in MessageType}
 _U64_MAX = 2**64 - 1
 _set = object.__setattr__
-_DIGITS_AND_COMMAS = b"0123456789,"
 
 
 # Above this size an envelope is first read in two parts: the envelope
@@ -947,16 +946,24 @@ def _envelope_fast_path(value: Any, data: bytes) -> SpearMessage | None:
         payload_bytes = bytes(bytearray(payload))
     except (TypeError, ValueError):
         return None
-    # What is left of the text without digits and commas is short: the keys,
-    # the type name and the punctuation.  The shape above is two levels deep
-    # (within serde's depth limit) and holds exactly 7 members; a duplicate
-    # key would add a member, whose ":" no escape can hide, so 7 colons in
-    # the text prove there was none.  A true or false literal can only hide
-    # in the payload array (``bytearray`` takes booleans as 1 and 0).
-    residue = data.translate(None, _DIGITS_AND_COMMAS)
-    if residue.count(b":") != 7:
+    # The shape above is two levels deep (within serde's depth limit) and
+    # holds exactly 7 members; a duplicate key would add a member, whose ":"
+    # no escape can hide, so 7 colons in the text prove there was none.  They
+    # are counted around the text from the first "[" to the last "]" (the
+    # payload array, when there is no duplicate), and that stretch, the bulk
+    # of the text, is only searched (memchr): for a colon, which must not be
+    # there, and for an "e", which a true or false literal has and numbers
+    # do not (``bytearray`` takes booleans as 1 and 0).
+    start = data.find(b"[")
+    end = data.rfind(b"]")
+    if (
+        start < 0
+        or end < start
+        or data.count(b":", 0, start) + data.count(b":", end) != 7
+        or data.find(b":", start, end) >= 0
+    ):
         return None
-    if (b"true" in residue or b"false" in residue) and _has_booleans(payload):
+    if data.find(b"e", start, end) >= 0 and _has_booleans(payload):
         return None
     # Every value is checked above: build without re-running the validators.
     return _make_message(message_type, request_id, _make_timestamp(secs, nanos), payload_bytes, version)
