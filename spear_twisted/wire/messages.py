@@ -180,6 +180,12 @@ class MessageType(enum.Enum):
     STREAM_DATA = "StreamData"
     CONNECTION_CLOSE = "ConnectionClose"
 
+    # Members are singletons, equal only to themselves: the identity hash
+    # agrees with equality, and is computed in C where Enum's hashes the
+    # name in Python (every message passes a few dicts and sets keyed by its
+    # type on the hot path).
+    __hash__ = object.__hash__
+
 
 class ExecutionMode(enum.Enum):
     """How an execution runs."""
@@ -456,6 +462,10 @@ BODY_TYPES: dict[MessageType, type[Any]] = {
 
 _MESSAGE_TYPES: dict[type[Any], MessageType] = {body: kind for kind, body in BODY_TYPES.items()}
 
+# An enum's members are slow to reach through the class (its metaclass has a
+# __getattr__): the hot paths use module aliases.
+_CONNECTION_CLOSE = MessageType.CONNECTION_CLOSE
+
 
 # -- the envelope ----------------------------------------------------------------------
 
@@ -489,7 +499,7 @@ class SpearMessage:
         message_type = _MESSAGE_TYPES.get(type(body))
         if message_type is None:
             raise TypeError(f"{type(body).__name__} is not a message body")
-        if message_type is MessageType.CONNECTION_CLOSE and body.reason is None:  # type: ignore[union-attr]
+        if message_type is _CONNECTION_CLOSE and body.reason is None:  # type: ignore[union-attr]
             payload = b""
         else:
             payload = codec.encode_body(body)

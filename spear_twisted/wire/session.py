@@ -216,6 +216,15 @@ SessionEvent = (
     | TimedOut
 )
 
+# An enum's members are slow to reach through the class (its metaclass has a
+# __getattr__): the per-message paths use these aliases.
+_ACTIVE = SessionState.ACTIVE
+_CLOSING = SessionState.CLOSING
+_HEARTBEAT = MessageType.HEARTBEAT
+_AUTH_REQUEST = MessageType.AUTH_REQUEST
+_CONNECTION_CLOSE = MessageType.CONNECTION_CLOSE
+_AGENT = Role.AGENT
+
 # What each role may receive once authenticated (PROTOCOL.md section 2.1).
 _APPLICATION_MESSAGES = {
     Role.SPEARLET: frozenset({MessageType.EXECUTE_RESPONSE, MessageType.ERROR, MessageType.STREAM_DATA}),
@@ -272,7 +281,8 @@ class Session:
     @property
     def authenticated(self) -> bool:
         """Whether the handshake has succeeded (and the session is not closed)."""
-        return self.state in (SessionState.ACTIVE, SessionState.CLOSING) and self.session_id is not None
+        state = self.state
+        return (state is _ACTIVE or state is _CLOSING) and self.session_id is not None
 
     @property
     def max_message_size(self) -> int:
@@ -337,7 +347,7 @@ class Session:
         means the caller must use ``receive``.
         """
         if (
-            self.state is SessionState.ACTIVE
+            self.state is _ACTIVE
             and message.version == PROTOCOL_VERSION
             and message.message_type in self._application
         ):
@@ -435,11 +445,11 @@ class Session:
         """Record that ``message`` was sent (it resets the heartbeat interval)."""
         self.last_sent = now
         kind = message.message_type
-        if kind is MessageType.HEARTBEAT:
+        if kind is _HEARTBEAT:
             return
-        if kind is MessageType.AUTH_REQUEST and self.role is Role.AGENT:
+        if kind is _AUTH_REQUEST and self.role is _AGENT:
             self._auth_request_id = message.request_id
-        elif kind is MessageType.CONNECTION_CLOSE and self.state is not SessionState.CLOSED:
+        elif kind is _CONNECTION_CLOSE and self.state is not SessionState.CLOSED:
             self.state = SessionState.CLOSING
         else:
             self.last_activity = now
