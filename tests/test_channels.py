@@ -419,6 +419,111 @@ class ChannelContractMixin:
         self.assertEqual(after.messages_received, 4)
         self.assertGreater(after.bytes_received, before.bytes_received)
 
+    # -- push mode -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_push_mode_delivers_queued_then_arriving_messages_in_order_and_ends_on_close(self) -> Gen:
+        server, client = yield self.maker.pair()
+        for sequence in range(2):
+            yield client.send(stream(sequence))
+        yield wait_until(lambda: server.get_stats().queued_messages == 2, "two queued messages")
+        delivered: list[int] = []
+        ends: list[Any] = []
+        server.set_receiver(lambda message: delivered.append(message.parse_payload().sequence), ends.append)
+        self.assertEqual(delivered, [0, 1])  # the queued ones, at once
+        self.assertEqual(server.get_stats().queued_messages, 0)
+        self.assertRaises(RuntimeError, server.receive)
+        for sequence in range(2, 5):
+            client.send(stream(sequence))
+        yield wait_until(lambda: len(delivered) == 5, "the messages pushed as they arrive")
+        self.assertEqual(delivered, [0, 1, 2, 3, 4])
+        self.assertEqual(server.get_stats().queued_messages, 0)
+        self.assertEqual(ends, [])
+        yield server.close()
+        self.assertEqual(len(ends), 1)
+        self.assertIsInstance(ends[0], ConnectionClosed)
+        self.assertEqual(ends[0].instance_id, server.instance_id)
+
+    @defer.inlineCallbacks
+    def test_push_mode_answers_requests_from_the_receiver(self) -> Gen:
+        server, client = yield self.maker.pair()
+
+        def serve(message: SpearMessage) -> None:
+            if message.message_type is MessageType.EXECUTE_REQUEST:
+                body = message.parse_payload()
+                client.send(answer(message, f"pushed:{' '.join(body.args)}"))  # type: ignore[union-attr]
+
+        client.set_receiver(serve)
+        responses = yield defer.gatherResults(
+            [server.request_response(execute(f"t{n}", str(n)), timeout=30) for n in range(20)]
+        )
+        self.assertEqual([r.parse_payload().output for r in responses], [f"pushed:{n}" for n in range(20)])
+        self.assertEqual(server.get_stats().latency_samples, 20)
+
+    @defer.inlineCallbacks
+    def test_push_mode_receiver_that_raises_is_logged_and_delivery_goes_on(self) -> Gen:
+        server, client = yield self.maker.pair()
+        delivered: list[int] = []
+
+        def fragile(message: SpearMessage) -> None:
+            sequence = message.parse_payload().sequence  # type: ignore[union-attr]
+            delivered.append(sequence)
+            if sequence == 0:
+                raise ValueError("a receiver bug")
+
+        server.set_receiver(fragile)
+        for sequence in range(3):
+            client.send(stream(sequence))
+        yield wait_until(lambda: len(delivered) == 3, "every message despite the failure")
+        self.assertEqual(delivered, [0, 1, 2])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)  # type: ignore[attr-defined]
+        self.assertTrue(server.is_connected())
+        self.assertTrue(client.is_connected())
+
+    @defer.inlineCallbacks
+    def test_set_receiver_is_refused_while_receive_waits_and_none_returns_to_queueing(self) -> Gen:
+        server, client = yield self.maker.pair()
+        waiting = server.receive()
+        self.assertRaises(RuntimeError, server.set_receiver, lambda message: None)
+        yield client.send(stream(0))
+        self.assertEqual((yield waiting).parse_payload().sequence, 0)
+        delivered: list[SpearMessage] = []
+        server.set_receiver(delivered.append)
+        yield client.send(stream(1))
+        yield wait_until(lambda: len(delivered) == 1, "the pushed message")
+        server.set_receiver(None)
+        yield client.send(stream(2))
+        self.assertEqual((yield server.receive()).parse_payload().sequence, 2)
+        self.assertEqual(len(delivered), 1)
+
+    @defer.inlineCallbacks
+    def test_push_mode_resumes_reading_that_a_full_queue_stopped(self) -> Gen:
+        size, count = 4, 12
+        server, client = yield self.maker.pair(spearlet={"receive_queue_size": size})
+        data = b"\x01" * 16 * 1024
+        sends = [client.send(stream(n, data)) for n in range(count)]
+        yield wait_until(lambda: server.get_stats().queued_messages >= size, "the receive queue filling")
+        self.assertTrue(server.connection._read_paused)
+        delivered: list[int] = []
+        server.set_receiver(lambda message: delivered.append(message.parse_payload().sequence))
+        self.assertFalse(server.connection._read_paused)
+        yield wait_until(lambda: len(delivered) == count, "every message pushed")
+        self.assertEqual(delivered, list(range(count)))
+        results = yield defer.DeferredList(sends)
+        self.assertTrue(all(ok for ok, _ in results))
+
+    @defer.inlineCallbacks
+    def test_set_receiver_on_a_closed_channel_delivers_what_was_queued_then_ends(self) -> Gen:
+        server, client = yield self.maker.pair()
+        yield client.send(stream(0))
+        yield wait_until(lambda: server.get_stats().queued_messages == 1, "a queued message")
+        yield server.close()
+        calls: list[Any] = []
+        server.set_receiver(lambda message: calls.append(message.parse_payload().sequence), calls.append)
+        self.assertEqual(calls[0], 0)
+        self.assertIsInstance(calls[1], ConnectionClosed)
+        self.assertEqual(len(calls), 2)
+
     # -- back-pressure -------------------------------------------------------------------
 
     @defer.inlineCallbacks

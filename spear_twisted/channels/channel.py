@@ -62,7 +62,16 @@ from spear_twisted.wire import (
 # Incoming messages that can answer a request this side sent.
 _RESPONSE_TYPES = frozenset({MessageType.EXECUTE_RESPONSE, MessageType.ERROR, MessageType.AUTH_RESPONSE})
 
+# An enum's members are slow to reach through the class (its metaclass has a
+# __getattr__): the per-message paths use aliases.
+_ERROR = MessageType.ERROR
+_EXECUTE_RESPONSE = MessageType.EXECUTE_RESPONSE
+
 _MAX_REQUEST_ID = 2**64 - 1
+
+#: Push mode's callbacks (see :meth:`Channel.set_receiver`).
+MessageCallback = Callable[[SpearMessage], object]
+EndCallback = Callable[[SpearError], object]
 
 
 class _Pending:
@@ -152,6 +161,7 @@ class Channel(Factory):
         "_latency",
         "_pending",
         "_ports",
+        "_push",
         "_queue",
         "_receivers",
         "_request_ids",
@@ -223,6 +233,8 @@ class Channel(Factory):
         # Made when first needed: an idle channel holds no queues.
         self._queue: deque[SpearMessage] | None = None
         self._receivers: deque[Deferred[SpearMessage]] | None = None
+        # Push mode (set_receiver): on_message and on_end, instead of the queue.
+        self._push: tuple[MessageCallback, EndCallback | None] | None = None
         self._connected_waiters: list[Deferred[ICommunicationChannel]] = []
         self._closed = False
         self._close_done: Deferred[None] | None = None
@@ -330,6 +342,9 @@ class Channel(Factory):
     def message_received(self, connection: SpearSessionProtocol, message: SpearMessage) -> None:
         if message.message_type in _RESPONSE_TYPES and self._answer(message):
             return
+        if self._push is not None:
+            self._deliver(self._push[0], message)
+            return
         if self._receivers:
             self._receivers.popleft().callback(message)
             return
@@ -344,7 +359,7 @@ class Channel(Factory):
         """Resolve the request ``message`` answers; False if it answers none."""
         request_id = message.request_id
         error: SpearError | None = None
-        if message.message_type is MessageType.ERROR:
+        if message.message_type is _ERROR:
             try:
                 body = message.parse_payload()
             except DecodeError:
@@ -355,7 +370,7 @@ class Channel(Factory):
             error = body.to_error(self.instance_id)
         pending = self._pending.pop(request_id, None)
         if pending is None:
-            if message.message_type is MessageType.EXECUTE_RESPONSE:
+            if message.message_type is _EXECUTE_RESPONSE:
                 self._late_responses += 1
                 self.log.warn(
                     "Discarding response {request_id} from {instance_id}: no such request is outstanding"
@@ -417,6 +432,8 @@ class Channel(Factory):
         return connection.send_message(message)
 
     def receive(self) -> Deferred[SpearMessage]:
+        if self._push is not None:
+            raise RuntimeError("this channel is in push mode: messages go to the receiver of set_receiver")
         queue = self._queue
         if queue:
             message = queue.popleft()
@@ -430,6 +447,58 @@ class Channel(Factory):
             self._receivers = deque()
         self._receivers.append(waiter)
         return waiter
+
+    def set_receiver(self, on_message: MessageCallback | None, on_end: EndCallback | None = None) -> None:
+        """
+        Push mode: call ``on_message(message)`` with every unsolicited
+        message as it arrives (those already queued first, at once) instead
+        of queueing it for :meth:`receive`, and ``on_end(error)`` once, with
+        the ``ConnectionClosed`` that :meth:`receive` would fail with, when
+        the channel closes.  ``set_receiver(None)`` returns to queueing.
+
+        ``on_message`` runs synchronously as the message is read (nothing is
+        queued, so there is no back-pressure: it must not block); an
+        exception it raises is logged and the channel goes on.  While a
+        receiver is set, :meth:`receive` raises ``RuntimeError``.
+
+        :raises RuntimeError: when :meth:`receive` calls are waiting.
+        """
+        if on_message is None:
+            self._push = None
+            return
+        if self._receivers:
+            raise RuntimeError("receive() calls are waiting: push mode would leave them unanswered")
+        self._push = push = (on_message, on_end)
+        queue = self._queue
+        while queue and self._push is push:
+            self._deliver(on_message, queue.popleft())
+        if self._push is not push:
+            return
+        if self._connection is not None:
+            self._connection.resume_reading()
+        if self._closed:
+            self._end_push()
+
+    def _deliver(self, on_message: MessageCallback, message: SpearMessage) -> None:
+        try:
+            on_message(message)
+        except Exception:
+            self.log.failure(
+                "The receiver of {instance_id} failed on a {message_type} message (request {request_id})",
+                instance_id=str(self.instance_id),
+                message_type=message.message_type.value,
+                request_id=message.request_id,
+            )
+
+    def _end_push(self) -> None:
+        push, self._push = self._push, None
+        if push is not None and push[1] is not None:
+            try:
+                push[1](self._closed_error())
+            except Exception:
+                self.log.failure(
+                    "The receiver of {instance_id} failed at the end", instance_id=str(self.instance_id)
+                )
 
     def request_response(self, message: SpearMessage, timeout: float | None = None) -> Deferred[SpearMessage]:
         entry = self._request(message, timeout)
@@ -505,6 +574,7 @@ class Channel(Factory):
         self._connected_waiters = []
         for waiter in waiters:
             waiter.errback(error)
+        self._end_push()
         steps: list[Deferred[Any]] = [defer.maybeDeferred(port.stopListening) for port in self._ports]
         self._ports = []
         connections = set(self._unauthenticated)
