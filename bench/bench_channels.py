@@ -14,9 +14,14 @@ Cases, over Unix sockets and TCP on loopback:
 
 *Ours*: this process holds spearlet-side channels (``UnixChannel`` /
 ``TCPChannel``) and calls ``request_response``; another process runs one
-agent-side channel per instance that answers each ``ExecuteRequest`` with an
-``ExecuteResponse`` (each frame and its envelope are decoded strictly, as every message is; the
-body is left to handlers, which this benchmark does not measure).
+agent-side channel per instance, in push mode (``set_receiver``: our leanest
+agent side), that answers each ``ExecuteRequest`` with an
+``ExecuteResponse`` (each frame and its envelope are decoded strictly, as
+every message is; the body is left to handlers, which this benchmark does not
+measure).  An info row under each 200 B row puts the agent SDK (under
+Twisted, a handler returning the same response) in the agent process
+instead: what a real agent costs, body decoding and handler machinery
+included.
 
 *Baseline*: another process runs a bare ``Int32StringReceiver`` echo server;
 this process sends a frame body of the same size as our request's frame
@@ -31,13 +36,16 @@ buffer handling (``_unprocessed + data`` on every read) is quadratic.
 The 200 B rows alternate baseline and ours for three rounds (one with
 ``--quick``) and print the median of each, so that load from elsewhere on a
 shared machine weighs on both alike; under each, the CPU time (user and
-system, this process and the child) per round trip, which other load
-disturbs less than the rates.
+system) per round trip of both processes, and its split between this process
+(the caller) and the child (the agent, or the echo server), which other load
+disturbs less than the rates.  The busier process sets the rate with many
+connections.
 
 Prints a table: case, baseline, ours, ratio (ours/baseline rate; higher is
 better), target.  No pass/fail: figures, not assertions.
 
-Run: ``python bench/bench_channels.py [--quick]``
+Run: ``python bench/bench_channels.py [--quick] [--transport unix|tcp]
+[--connections N] [--small-only] [--no-sdk]``
 """
 
 from __future__ import annotations
@@ -116,36 +124,43 @@ def _stdin_closed(reactor: Any) -> Deferred[None]:
 _REPLY = ExecuteResponse("bench", ExecutionStatus.COMPLETED, "done", None, 0, 0)
 
 
-@defer.inlineCallbacks
-def _serve_agent(channel: Any) -> Generator[Deferred[Any], Any, None]:
-    """Answer every ExecuteRequest on ``channel`` until it closes."""
-    while True:
-        try:
-            message = yield channel.receive()
-        except ConnectionClosed:
-            return
+def _serve_agent(channel: Any) -> None:
+    """
+    Answer every ExecuteRequest on ``channel`` as it arrives: push mode
+    (``set_receiver``), our leanest agent side.
+    """
+
+    def answer(message: SpearMessage) -> None:
         if message.message_type is not MessageType.EXECUTE_REQUEST:
-            continue
+            return
         # The frame and its envelope are decoded strictly (the channel does
         # that); the body is the handler's business, and this benchmark
         # measures channels, not handlers, so it is answered unread.
-        reply = SpearMessage.create(message.request_id, _REPLY)
-        try:
-            yield channel.send(reply)
-        except (ConnectionClosed, ConnectionLost):
-            pass
+        channel.send(SpearMessage.create(message.request_id, _REPLY)).addErrback(_lost)
+
+    channel.set_receiver(answer)
+
+
+def _lost(failure: Any) -> None:
+    failure.trap(ConnectionClosed, ConnectionLost)
 
 
 @defer.inlineCallbacks
-def agent_child(reactor: Any, transport: str) -> Generator[Deferred[Any], Any, None]:
+def agent_child(reactor: Any, transport: str, kind: str) -> Generator[Deferred[Any], Any, None]:
     """
-    The agent process: one agent-side channel per ``(instance id, address)``
-    of ``$SPEAR_BENCH_ADDRESSES``, answering until stdin closes.
+    The agent process: for each ``(instance id, address)`` of
+    ``$SPEAR_BENCH_ADDRESSES`` an agent-side channel in push mode
+    (``kind`` ``channel``) or an agent of the agent SDK (``sdk``), answering
+    until stdin closes.
     """
     secret = os.environ["SPEAR_SECRET"]
     addresses = json.loads(os.environ["SPEAR_BENCH_ADDRESSES"])
-    config = ChannelConfig(max_message_size=int(os.environ["SPEAR_BENCH_MAX_MESSAGE"]))
+    max_message_size = int(os.environ["SPEAR_BENCH_MAX_MESSAGE"])
     stdin_closed = _stdin_closed(reactor)
+    if kind == "sdk":
+        yield sdk_agents(reactor, transport, secret, addresses, max_message_size, stdin_closed)
+        return
+    config = ChannelConfig(max_message_size=max_message_size)
     channels = []
     for instance_id, address in addresses:
         channel = CHANNEL_TYPES[transport](
@@ -164,6 +179,44 @@ def agent_child(reactor: Any, transport: str) -> Generator[Deferred[Any], Any, N
         _serve_agent(channel)
     yield stdin_closed
     yield defer.DeferredList([channel.close() for channel in channels], consumeErrors=True)
+
+
+@defer.inlineCallbacks
+def sdk_agents(
+    reactor: Any,
+    transport: str,
+    secret: str,
+    addresses: list[list[str]],
+    max_message_size: int,
+    stdin_closed: Deferred[None],
+) -> Generator[Deferred[Any], Any, None]:
+    """Agents of the agent SDK under Twisted, one per address, whose handler returns the reply."""
+    import txaio
+
+    txaio.use_twisted()
+    from spear_twisted.agent import AgentConfig
+    from spear_twisted.agent.tx import start_agent
+
+    agents = []
+    for instance_id, address in addresses:
+        where: dict[str, Any] = {"socket_path": address}
+        if transport == "tcp":
+            host, port = address.rsplit(":", 1)
+            where = {"host": host, "port": int(port)}
+        config = AgentConfig(
+            instance_id=instance_id,
+            secret=secret,
+            transport=transport,
+            max_message_size=max_message_size,
+            max_retries=0,
+            **where,
+        )
+        agents.append(start_agent(lambda request: _REPLY, config, reactor=reactor))
+    yield stdin_closed
+    finished = [agent.when_finished() for agent in agents]
+    for agent in agents:
+        agent.terminate("the benchmark is over")
+    yield defer.DeferredList(finished, consumeErrors=True)
 
 
 class BareEcho(Int32StringReceiver):
@@ -284,12 +337,12 @@ def measure_rate(
     warmup: float,
     duration: float,
     min_count: int = 2,
-    cpu: Callable[[], float] = time.process_time,
-) -> Generator[Deferred[Any], Any, tuple[float, float]]:
+    child: Child | None = None,
+) -> Generator[Deferred[Any], Any, tuple[float, tuple[float, float]]]:
     """
     Operations completed per second, each of ``operations`` running in its
-    own sequential loop, all loops concurrently, and the CPU seconds
-    ``cpu()`` counts per operation.  After ``warmup`` seconds the completions
+    own sequential loop, all loops concurrently, and the CPU seconds per
+    operation of this process and of ``child``.  After ``warmup`` seconds the completions
     are timed for at least ``duration`` seconds and at least ``min_count``
     completions; the rate is completions over the time between the first and
     the last of them.
@@ -317,11 +370,15 @@ def measure_rate(
     yield task.deferLater(reactor, warmup, check)
     state["times"] = times = []
     started = time.perf_counter()
-    cpu_started = cpu()
+    own_started = time.process_time()
+    child_started = 0.0 if child is None else child.cpu_seconds()
     yield task.deferLater(reactor, duration, check)
     while len(times) < min_count + 1 or time.perf_counter() - started < duration:
         yield task.deferLater(reactor, 0.01, check)
-    cpu_per_operation = (cpu() - cpu_started) / len(times)
+    cpu_per_operation = (
+        (time.process_time() - own_started) / len(times),
+        (0.0 if child is None else child.cpu_seconds() - child_started) / len(times),
+    )
     state["stop"] = True
     yield defer.DeferredList(loops)
     check()
@@ -378,11 +435,7 @@ def bare_echo(
             clients.append((yield endpoint.connect(Factory.forProtocol(BareClient))))
         body = b"\xa5" * body_size
         operations = [lambda client=client: client.round_trip(body) for client in clients]
-        return (
-            yield measure_rate(
-                reactor, operations, cpu=lambda: time.process_time() + child.cpu_seconds(), **timing
-            )
-        )
+        return (yield measure_rate(reactor, operations, child=child, **timing))
     finally:
         for client in clients:
             client.transport.loseConnection()
@@ -399,7 +452,8 @@ def ours(
     input_size: int,
     timing: dict[str, float],
     max_message_size: int = 64 * MiB,
-) -> Generator[Deferred[Any], Any, tuple[float, float, float]]:
+    agent: str = "channel",
+) -> Generator[Deferred[Any], Any, tuple[float, float, tuple[float, float]]]:
     """
     ``request_response`` round trips per second with ``input_size`` bytes of
     ``input_data``, the median latency in seconds, and the CPU seconds per
@@ -427,7 +481,7 @@ def ours(
             address = yield channel.listen()
             addresses.append([str(instance_id), address.path or f"{address.host}:{address.port}"])
         child = Child(
-            ["--child", "agent", transport],
+            ["--child", "agent", transport, agent],
             env={
                 "SPEAR_SECRET": secret,
                 "SPEAR_BENCH_ADDRESSES": json.dumps(addresses),
@@ -439,16 +493,14 @@ def ours(
         yield connected
         message = request_message(input_size)
         operations = [lambda channel=channel: channel.request_response(message) for channel in channels]
-        agent = child
-        rate, cpu = yield measure_rate(
-            reactor, operations, cpu=lambda: time.process_time() + agent.cpu_seconds(), **timing
-        )
+        rate, cpu = yield measure_rate(reactor, operations, child=child, **timing)
         p50s = sorted(channel.get_stats().latency_p50 for channel in channels)
         return rate, p50s[len(p50s) // 2], cpu
     finally:
-        yield defer.DeferredList([channel.close() for channel in channels], consumeErrors=True)
+        # The agents end first (as a stopping instance does), then the channels.
         if child is not None:
             child.stop()
+        yield defer.DeferredList([channel.close() for channel in channels], consumeErrors=True)
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
@@ -459,8 +511,27 @@ def _row(case: str, base: str, mine: str, ratio: str, target: str) -> None:
     print(f"{case:<40}{base:>14}{mine:>14}{ratio:>8}{target:>10}", flush=True)
 
 
+def _median_split(runs: list[Any]) -> tuple[float, float]:
+    """The CPU split of the run whose total CPU per round trip is the median."""
+    splits = [run[-1] for run in runs]
+    middle = statistics.median(sum(split) for split in splits)
+    return min(splits, key=lambda split: abs(sum(split) - middle))
+
+
+def _cpu_text(cpu: tuple[float, float]) -> str:
+    own, child = cpu
+    return f"{(own + child) * 1e6:.0f} us ({own * 1e6:.0f} + {child * 1e6:.0f})"
+
+
 @defer.inlineCallbacks
-def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Deferred[Any], Any, None]:
+def run_all(
+    reactor: Any,
+    quick: bool,
+    transports: list[str],
+    connection_counts: list[int],
+    small_only: bool,
+    sdk_rows: bool,
+) -> Generator[Deferred[Any], Any, None]:
     fast = {"warmup": 0.2, "duration": 0.75} if quick else {"warmup": 0.5, "duration": 1.5}
     rounds = 1 if quick else 3
     slow = (
@@ -488,32 +559,39 @@ def run_all(reactor: Any, quick: bool, transports: list[str]) -> Generator[Defer
     print()
     _row("case", "baseline", "ours", "ratio", "target")
     for transport in transports:
-        for connections in (1, 100):
+        for connections in connection_counts:
             # Alternating rounds, median of each: a load that comes and goes
             # on a shared machine then weighs on both sides alike.
-            bases, mines, p50s, base_cpus, cpus = [], [], [], [], []
+            runs: dict[str, list[Any]] = {"baseline": [], "ours": [], "sdk": []}
             for _ in range(rounds):
-                base, base_cpu = yield bare_echo(reactor, transport, connections, len(small) - 4, fast)
-                mine, p50, cpu = yield ours(reactor, transport, connections, 200, fast)
-                bases.append(base)
-                base_cpus.append(base_cpu)
-                mines.append(mine)
-                p50s.append(p50)
-                cpus.append(cpu)
-            base, mine = statistics.median(bases), statistics.median(mines)
-            _row(
-                f"{transport} 200 B, {connections} conn{'s' if connections > 1 else ''}",
-                f"{base:,.0f} rt/s",
-                f"{mine:,.0f} rt/s",
-                f"{mine / base:.2f}x",
-                ">= 0.6x",
-            )
-            base_cpu, cpu = statistics.median(base_cpus) * 1e6, statistics.median(cpus) * 1e6
+                runs["baseline"].append(
+                    (yield bare_echo(reactor, transport, connections, len(small) - 4, fast))
+                )
+                runs["ours"].append((yield ours(reactor, transport, connections, 200, fast)))
+                if sdk_rows:
+                    runs["sdk"].append((yield ours(reactor, transport, connections, 200, fast, agent="sdk")))
+            base = statistics.median(run[0] for run in runs["baseline"])
+            case = f"{transport} 200 B, {connections} conn{'s' if connections > 1 else ''}"
+            for kind in ("ours", "sdk"):
+                if not runs[kind]:
+                    continue
+                mine = statistics.median(run[0] for run in runs[kind])
+                _row(
+                    case if kind == "ours" else f"{'':<6}agent SDK as the agent",
+                    f"{base:,.0f} rt/s" if kind == "ours" else "",
+                    f"{mine:,.0f} rt/s",
+                    f"{mine / base:.2f}x",
+                    ">= 0.6x" if kind == "ours" else "(info)",
+                )
+                p50 = statistics.median(run[1] for run in runs[kind])
+                split = _cpu_text(_median_split(runs[kind]))
+                print(f"{'':<6}(CPU per round trip, caller + agent: {split}; p50 latency {p50 * 1e3:.2f} ms)")
             print(
-                f"{'':<6}(CPU per round trip, both processes: baseline {base_cpu:.0f} us, ours {cpu:.0f} us;"
-                f" ours p50 latency {statistics.median(p50s) * 1e3:.2f} ms)",
+                f"{'':<6}(baseline CPU per round trip: {_cpu_text(_median_split(runs['baseline']))})",
                 flush=True,
             )
+        if small_only:
+            continue
         base, _ = yield bare_echo(reactor, transport, 1, MiB, slow)
         mine, _, _ = yield ours(reactor, transport, 1, MiB, slow)
         _row(
@@ -563,18 +641,37 @@ def main() -> None:
     parser.add_argument(
         "--transport", action="append", choices=sorted(CHANNEL_TYPES), help="only this transport (repeatable)"
     )
+    parser.add_argument(
+        "--connections",
+        action="append",
+        type=int,
+        help="200 B rows with this many connections only (repeatable)",
+    )
+    parser.add_argument("--small-only", action="store_true", help="only the 200 B rows")
+    parser.add_argument(
+        "--no-sdk", action="store_true", help="without the rows of the agent SDK as the agent"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         _log_warnings_to_stderr()
         role, transport, *rest = options.child
         if role == "agent":
-            task.react(agent_child, [transport])
+            task.react(agent_child, [transport, rest[0]])
         else:
             task.react(echo_child, [transport, rest[0] if rest else None])
         return
     try:
-        task.react(run_all, [options.quick, options.transport or ["unix", "tcp"]])
+        task.react(
+            run_all,
+            [
+                options.quick,
+                options.transport or ["unix", "tcp"],
+                options.connections or [1, 100],
+                options.small_only,
+                not options.no_sdk,
+            ],
+        )
     finally:
         Child.stop_all()
         remove_scratch()
