@@ -6,7 +6,8 @@ An agent's start-up is dominated by imports: Python itself, then asyncio or
 Twisted and the wire layer.  The spearlet considers the instance
 authenticated as soon as it has validated the ``AuthRequest``; so the entry
 point connects and sends that one frame first, with nothing but the
-standard library's ``socket``, and only then imports its framework, adopts
+standard library's ``socket``, waits (:func:`await_answer`) until the
+spearlet's answer has arrived, and only then imports its framework, adopts
 the connected socket, and reads the ``AuthResponse`` through the wire
 layer's session as usual.  Whatever the spearlet sends meanwhile waits in
 the socket.
@@ -113,6 +114,27 @@ def connect_and_authenticate(
             delay = config.retry_delay_for(attempt)
             _say(f"cannot connect to the spearlet at {config.address}: {e}; retrying in {delay:g} s")
             sleep(delay)
+
+
+def await_answer(connection: Bootstrap, timeout: float) -> bool:
+    """
+    Wait until the spearlet's answer to the ``AuthRequest`` can be read, or
+    the connection ended or failed, at most ``timeout`` seconds; nothing is
+    read (the framework's connection reads it).
+
+    :return: whether the answer (or the end) came within ``timeout``.
+    """
+    sock = connection.sock
+    sock.settimeout(timeout)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return False
+    except OSError:
+        pass  # the connection failed: the session will say so
+    finally:
+        sock.settimeout(None)
+    return True
 
 
 def _say(message: str) -> None:
