@@ -5,9 +5,12 @@ what the codec writes, and it is sent on a plain socket, with retries.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 
 from hypothesis import given
@@ -23,6 +26,7 @@ from spear_twisted.agent.bootstrap import (
     connect_and_authenticate,
 )
 from spear_twisted.wire import AuthRequest, FrameDecoder, MessageType, SpearMessage, Timestamp
+from tests.runtime_support import CHILD_ENV
 
 SECRET = "a-secret-of-some-length"
 
@@ -110,6 +114,34 @@ class ConnectTests(SynchronousTestCase):
         self.addCleanup(connection.sock.close)
         self.assertEqual(self.received(server), connection.frame)
         self.assertEqual(connection.sock.gettimeout(), None)
+
+    def test_over_unix_the_socket_module_waits_for_the_framework(self) -> None:
+        server = self.listen()
+        connection = connect_and_authenticate(config(socket_path=self.path))
+        assert connection is not None
+        self.addCleanup(connection.sock.close)
+        self.assertNotIsInstance(connection.sock, socket.socket)
+        peer = self.accepted(server)
+        sock = connection.as_socket()
+        self.assertIsInstance(sock, socket.socket)
+        self.assertIs(connection.sock, sock)
+        self.assertIs(connection.as_socket(), sock)
+        peer.sendall(b"answer")
+        self.assertEqual(sock.recv(100), b"answer")
+
+    def test_the_bootstrap_imports_neither_socket_nor_the_wire_layer(self) -> None:
+        code = (
+            "import sys\n"
+            "import spear_twisted.agent.bootstrap\n"
+            "heavy = ('socket', 'selectors', 'txaio', 'attrs', 'spear_twisted.wire')\n"
+            "loaded = [name for name in heavy if name in sys.modules]\n"
+            "import json\n"
+            "print(json.dumps(loaded))\n"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", code], env=CHILD_ENV, capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(json.loads(output), [])
 
     def test_the_auth_request_is_sent_over_tcp(self) -> None:
         server = self.listen(socket.AF_INET)
