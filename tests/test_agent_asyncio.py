@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from spear_twisted.agent import EXIT_CONFIG, EXIT_OK, EXIT_UNREACHABLE
 from spear_twisted.auth import SecretRegistry
+from spear_twisted.errors import InstanceStartFailed
 from spear_twisted.runtime import InstanceConfig, InstanceStatus, RestartPolicy, TaskInstance
 from spear_twisted.runtime.process import ProcessRuntime
 from spear_twisted.wire import ExecuteRequest, ExecutionStatus, SignalMessage, SignalType, SpearMessage
@@ -311,6 +312,23 @@ class AsyncioAgentTests(TestCase):
         yield with_timeout(ready, STEP, "authentication")
         response = yield with_timeout(execute(runtime, instance, command="any"), STEP, "a response")
         self.assertEqual(response.output, "served")
+
+    @defer.inlineCallbacks
+    def test_sigterm_while_awaiting_the_answer_ends_the_agent_cleanly(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        log = LogCapture(self)
+        _runtime, instance, _validator, importing, ready = yield self.held_start()
+        failed = self.assertFailure(ready, InstanceStartFailed)
+        assert instance.pid is not None
+        os.kill(instance.pid, signal.SIGTERM)
+        yield with_timeout(failed, STEP, "the exit")
+        assert instance.last_exit is not None
+        self.assertEqual((instance.last_exit.exit_code, instance.last_exit.signal), (EXIT_OK, None))
+        stderr = log.output_lines(instance, "stderr")
+        self.assertIn("spear agent: terminating (SIGTERM) before the agent started", stderr)
+        self.assertNotIn("Traceback", "\n".join(stderr))
+        self.assertFalse(importing.called)
 
     @defer.inlineCallbacks
     def test_a_dropped_connection_is_reestablished(self) -> Generator[Deferred[Any], Any, None]:
