@@ -273,12 +273,24 @@ def statuses(instance: TaskInstance) -> list[InstanceStatus]:
 # -- real children ------------------------------------------------------------------------------
 
 
-def real_runtime(test: Any, *, config: ProcessRuntimeConfig | None = None, **channel: Any) -> ProcessRuntime:
-    """A ProcessRuntime on the real reactor, its Unix sockets in a short temporary directory."""
+def real_runtime(
+    test: Any,
+    *,
+    config: ProcessRuntimeConfig | None = None,
+    validator: Callable[[SecretRegistry], Any] | None = None,
+    **channel: Any,
+) -> ProcessRuntime:
+    """
+    A ProcessRuntime on the real reactor, its Unix sockets in a short
+    temporary directory; ``validator``, if given, makes the handshake's
+    validator from the runtime's secret registry.
+    """
     registry = SecretRegistry()
     settings: dict[str, Any] = {"runtime_dir": short_temp_dir(test)}
     settings.update(channel)
-    factory = CommunicationFactory(validator=registry, config=ChannelConfig(**settings))
+    factory = CommunicationFactory(
+        validator=registry if validator is None else validator(registry), config=ChannelConfig(**settings)
+    )
     runtime = ProcessRuntime(
         factory,
         registry,

@@ -14,11 +14,14 @@ import sys
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet import reactor as real_reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from spear_twisted.agent import EXIT_CONFIG, EXIT_OK, EXIT_UNREACHABLE
+from spear_twisted.auth import SecretRegistry
+from spear_twisted.errors import InstanceStartFailed
 from spear_twisted.runtime import InstanceConfig, InstanceStatus, RestartPolicy, TaskInstance
 from spear_twisted.runtime.process import ProcessRuntime
 from spear_twisted.wire import ExecuteRequest, ExecutionStatus, SignalMessage, SignalType, SpearMessage
@@ -87,27 +90,48 @@ raise SystemExit(run(handle, on_signal=on_signal, **overrides))
 """
 
 
-# Authenticates (run() sends the AuthRequest first), then holds the import
-# of its framework (txaio comes first) until a signal ends it: the window
-# between authentication and the event loop's own signal handlers, made wide.
-SLOW_IMPORT_AGENT = """
-import sys, time
+# Says when it starts importing its framework (txaio comes first), then runs
+# with the run() arguments of its second argument (JSON).  With "hold" as its
+# first, it holds that import until a signal ends it: the window between
+# authentication and the event loop's own signal handlers, made wide.
+IMPORT_AGENT = """
+import json, sys, time
+
+hold, arguments = sys.argv[1] == "hold", json.loads(sys.argv[2])
 
 
-class HoldTheFramework:
+class SayTheImport:
     def find_spec(self, name, path=None, target=None):
         if name == "txaio":
             sys.meta_path.remove(self)
             print("importing the framework", flush=True)
-            time.sleep(600)
+            if hold:
+                time.sleep(600)
         return None
 
 
-sys.meta_path.insert(0, HoldTheFramework())
+sys.meta_path.insert(0, SayTheImport())
 from spear_twisted.agent import run
 
-raise SystemExit(run(lambda request: "never", framework=sys.argv[1]))
+raise SystemExit(run(lambda request: "served", **arguments))
 """
+
+
+class HeldValidator:
+    """The registry's validation, held until ``release`` fires; ``asked`` fires when it is asked."""
+
+    def __init__(self, registry: SecretRegistry) -> None:
+        self.registry = registry
+        self.asked: Deferred[None] = Deferred()
+        self.release: Deferred[None] = Deferred()
+
+    def __call__(self, instance_id: Any, token: Any) -> Deferred[Any]:
+        self.asked.callback(None)
+        return self.release.addCallback(lambda _: self.registry(instance_id, token))
+
+
+#: A runtime, its instance, the held validator, the Deferreds of the import line and of the start.
+HeldStart = tuple[ProcessRuntime, TaskInstance, HeldValidator, Deferred[Any], Deferred[Any]]
 
 
 class AsyncioAgentTests(TestCase):
@@ -194,10 +218,10 @@ class AsyncioAgentTests(TestCase):
     def sigterm_while_importing(self, framework: str) -> Generator[Deferred[Any], Any, None]:
         log = LogCapture(self)
         runtime = real_runtime(self)
-        script = write_script(self, SLOW_IMPORT_AGENT)
+        script = write_script(self, IMPORT_AGENT)
         config = InstanceConfig(
             PYTHON,
-            python_args(script, framework),
+            python_args(script, "hold", json.dumps({"framework": framework})),
             inherit_env=CHILD_INHERIT,
             restart_policy=RestartPolicy.NEVER,
         )
@@ -236,6 +260,75 @@ class AsyncioAgentTests(TestCase):
         instance = runtime.create_instance("echo", config)
         yield with_timeout(runtime.start_instance(instance), STEP, "authentication")
         return runtime, instance
+
+    @defer.inlineCallbacks
+    def held_start(self, **overrides: Any) -> Generator[Deferred[Any], Any, HeldStart]:
+        """An agent whose AuthRequest the spearlet holds; Deferreds of its import line and of its start."""
+        log = LogCapture(self)
+        validators: list[HeldValidator] = []
+
+        def held(registry: SecretRegistry) -> HeldValidator:
+            validators.append(HeldValidator(registry))
+            return validators[0]
+
+        runtime = real_runtime(self, validator=held)
+        script = write_script(self, IMPORT_AGENT)
+        config = InstanceConfig(
+            PYTHON,
+            python_args(script, "go", json.dumps(overrides)),
+            inherit_env=CHILD_INHERIT,
+            restart_policy=RestartPolicy.NEVER,
+        )
+        instance = runtime.create_instance("agent", config)
+        importing = log.when_output(instance, "importing the framework")
+        ready = runtime.start_instance(instance)
+        yield with_timeout(validators[0].asked, STEP, "the AuthRequest")
+        return runtime, instance, validators[0], importing, ready
+
+    @defer.inlineCallbacks
+    def test_the_framework_is_imported_once_the_spearlet_answered(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance, validator, importing, ready = yield self.held_start()
+        order: list[str] = []
+        importing.addCallback(lambda _: order.append("imported"))
+        # Long enough for an agent that did not wait to import (some 100 ms).
+        yield task.deferLater(real_reactor, 2, lambda: None)
+        order.append("answered")
+        validator.release.callback(None)
+        yield with_timeout(ready, STEP, "authentication")
+        yield with_timeout(importing, STEP, "the framework's import")
+        self.assertEqual(order, ["answered", "imported"])
+        response = yield with_timeout(execute(runtime, instance, command="any"), STEP, "a response")
+        self.assertEqual(response.output, "served")
+
+    @defer.inlineCallbacks
+    def test_without_awaiting_the_answer_the_framework_is_imported_at_once(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        runtime, instance, validator, importing, ready = yield self.held_start(await_auth_response=False)
+        yield with_timeout(importing, STEP, "the framework's import, the AuthRequest unanswered")
+        validator.release.callback(None)
+        yield with_timeout(ready, STEP, "authentication")
+        response = yield with_timeout(execute(runtime, instance, command="any"), STEP, "a response")
+        self.assertEqual(response.output, "served")
+
+    @defer.inlineCallbacks
+    def test_sigterm_while_awaiting_the_answer_ends_the_agent_cleanly(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        log = LogCapture(self)
+        _runtime, instance, _validator, importing, ready = yield self.held_start()
+        failed = self.assertFailure(ready, InstanceStartFailed)
+        assert instance.pid is not None
+        os.kill(instance.pid, signal.SIGTERM)
+        yield with_timeout(failed, STEP, "the exit")
+        assert instance.last_exit is not None
+        self.assertEqual((instance.last_exit.exit_code, instance.last_exit.signal), (EXIT_OK, None))
+        stderr = log.output_lines(instance, "stderr")
+        self.assertIn("spear agent: terminating (SIGTERM) before the agent started", stderr)
+        self.assertNotIn("Traceback", "\n".join(stderr))
+        self.assertFalse(importing.called)
 
     @defer.inlineCallbacks
     def test_a_dropped_connection_is_reestablished(self) -> Generator[Deferred[Any], Any, None]:

@@ -5,9 +5,12 @@ what the codec writes, and it is sent on a plain socket, with retries.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 
 from hypothesis import given
@@ -15,8 +18,15 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from spear_twisted.agent import AgentConfig
-from spear_twisted.agent.bootstrap import AUTH_REQUEST_ID, auth_request_frame, connect_and_authenticate
+from spear_twisted.agent.bootstrap import (
+    AUTH_REQUEST_ID,
+    Bootstrap,
+    auth_request_frame,
+    await_answer,
+    connect_and_authenticate,
+)
 from spear_twisted.wire import AuthRequest, FrameDecoder, MessageType, SpearMessage, Timestamp
+from tests.runtime_support import CHILD_ENV
 
 SECRET = "a-secret-of-some-length"
 
@@ -84,9 +94,13 @@ class ConnectTests(SynchronousTestCase):
         server.listen(1)
         return server
 
-    def received(self, server: socket.socket) -> bytes:
+    def accepted(self, server: socket.socket) -> socket.socket:
         peer, _ = server.accept()
         self.addCleanup(peer.close)
+        return peer
+
+    def received(self, server: socket.socket) -> bytes:
+        peer = self.accepted(server)
         peer.settimeout(10)
         data = b""
         while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
@@ -100,6 +114,34 @@ class ConnectTests(SynchronousTestCase):
         self.addCleanup(connection.sock.close)
         self.assertEqual(self.received(server), connection.frame)
         self.assertEqual(connection.sock.gettimeout(), None)
+
+    def test_over_unix_the_socket_module_waits_for_the_framework(self) -> None:
+        server = self.listen()
+        connection = connect_and_authenticate(config(socket_path=self.path))
+        assert connection is not None
+        self.addCleanup(connection.sock.close)
+        self.assertNotIsInstance(connection.sock, socket.socket)
+        peer = self.accepted(server)
+        sock = connection.as_socket()
+        self.assertIsInstance(sock, socket.socket)
+        self.assertIs(connection.sock, sock)
+        self.assertIs(connection.as_socket(), sock)
+        peer.sendall(b"answer")
+        self.assertEqual(sock.recv(100), b"answer")
+
+    def test_the_bootstrap_imports_neither_socket_nor_the_wire_layer(self) -> None:
+        code = (
+            "import sys\n"
+            "import spear_twisted.agent.bootstrap\n"
+            "heavy = ('socket', 'selectors', 'txaio', 'attrs', 'spear_twisted.wire')\n"
+            "loaded = [name for name in heavy if name in sys.modules]\n"
+            "import json\n"
+            "print(json.dumps(loaded))\n"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", code], env=CHILD_ENV, capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(json.loads(output), [])
 
     def test_the_auth_request_is_sent_over_tcp(self) -> None:
         server = self.listen(socket.AF_INET)
@@ -132,3 +174,30 @@ class ConnectTests(SynchronousTestCase):
         self.addCleanup(connection.sock.close)
         self.assertEqual(len(attempts), 2)
         self.assertEqual(self.received(self.server), connection.frame)
+
+
+class AwaitAnswerTests(SynchronousTestCase):
+    """``await_answer`` waits for the spearlet's first bytes without reading them."""
+
+    def setUp(self) -> None:
+        self.agent, self.spearlet = socket.socketpair()
+        self.addCleanup(self.agent.close)
+        self.addCleanup(self.spearlet.close)
+        self.connection = Bootstrap(self.agent, b"frame")
+
+    def test_an_answer_is_left_for_the_framework_to_read(self) -> None:
+        self.spearlet.sendall(b"answer")
+        self.assertTrue(await_answer(self.connection, 10))
+        self.assertEqual(self.agent.gettimeout(), None)
+        self.assertEqual(self.agent.recv(100), b"answer")
+
+    def test_a_closed_connection_ends_the_wait(self) -> None:
+        self.spearlet.close()
+        self.assertTrue(await_answer(self.connection, 10))
+        self.assertEqual(self.agent.recv(100), b"")
+
+    def test_without_an_answer_it_gives_up_after_the_timeout(self) -> None:
+        self.assertFalse(await_answer(self.connection, 0.05))
+        self.assertEqual(self.agent.gettimeout(), None)
+        self.spearlet.sendall(b"late")
+        self.assertEqual(self.agent.recv(100), b"late")

@@ -120,6 +120,9 @@ class FromEnvironmentTests(SynchronousTestCase):
             self.assertIn(name, str(caught.exception))
         with self.assertRaises(AgentConfigError):
             AgentConfig.from_environment(UNIX, retry_delay=5, max_retry_delay=1)
+        with self.assertRaises(AgentConfigError) as caught:
+            AgentConfig.from_environment(UNIX, await_auth_response="no")
+        self.assertEqual(str(caught.exception), "await_auth_response must be True or False, not str")
 
     def test_retry_delays_double_up_to_the_maximum(self) -> None:
         config = AgentConfig.from_environment(UNIX, retry_delay=0.5, max_retry_delay=3)
@@ -133,6 +136,8 @@ class FromEnvironmentTests(SynchronousTestCase):
         self.assertEqual(config.heartbeat_timeout, constants.HEARTBEAT_TIMEOUT)
         self.assertEqual(config.max_message_size, constants.MAX_MESSAGE_SIZE)
         self.assertEqual((config.max_retries, config.retry_delay, config.max_retry_delay), (5, 0.5, 10.0))
+        self.assertTrue(config.await_auth_response)
+        self.assertFalse(AgentConfig.from_environment(UNIX, await_auth_response=False).await_auth_response)
         self.assertEqual(agent_config.HEARTBEAT_INTERVAL, constants.HEARTBEAT_INTERVAL)
 
     def test_the_secret_is_not_in_the_repr(self) -> None:

@@ -252,22 +252,13 @@ class SelectionTests(SynchronousTestCase):
     def test_the_util_linux_command_chain(self) -> None:
         launcher = UtilLinuxLauncher("/u/setpriv", "/u/sh", "/u/prlimit", "/u/setsid")
         command = launcher.command("/bin/prog", ["a b"], {"RLIMIT_NOFILE": 10, "RLIMIT_AS": 99}, 1234)
-        self.assertEqual(command.executable, "/u/setpriv")
-        self.assertEqual(command.argv[:5], ("/u/setpriv", "--pdeathsig", "KILL", "--", "/u/sh"))
+        self.assertEqual(command.executable, "/u/setsid")
         self.assertEqual(
-            command.argv[7:],
-            (
-                "1234",
-                "drop-pwd",
-                "/u/prlimit",
-                "--as=99",
-                "--nofile=10",
-                "--",
-                "/u/setsid",
-                "--",
-                "/bin/prog",
-                "a b",
-            ),
+            command.argv[:7], ("/u/setsid", "--", "/u/setpriv", "--pdeathsig", "KILL", "--", "/u/sh")
+        )
+        self.assertEqual(
+            command.argv[9:],
+            ("1234", "drop-pwd", "/u/prlimit", "--as=99", "--nofile=10", "--", "/bin/prog", "a b"),
         )
         self.assertNotIn("/u/prlimit", launcher.command("/bin/prog", [], {}, 1).argv)
 

@@ -107,7 +107,7 @@ def start_agent(
     adopted = agent.start(None if preconnected is None else preconnected.frame)
     if adopted is not None:
         assert preconnected is not None
-        sock = preconnected.sock
+        sock = preconnected.as_socket()
 
         async def adopt() -> None:
             if sock.family == socket.AF_UNIX:

@@ -6,7 +6,8 @@ An agent's start-up is dominated by imports: Python itself, then asyncio or
 Twisted and the wire layer.  The spearlet considers the instance
 authenticated as soon as it has validated the ``AuthRequest``; so the entry
 point connects and sends that one frame first, with nothing but the
-standard library's ``socket``, and only then imports its framework, adopts
+standard library's C module ``_socket``, waits (:func:`await_answer`) until the
+spearlet's answer has arrived, and only then imports its framework, adopts
 the connected socket, and reads the ``AuthResponse`` through the wire
 layer's session as usual.  Whatever the spearlet sends meanwhile waits in
 the socket.
@@ -18,14 +19,21 @@ the session checks it once the wire layer is loaded, by decoding it.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 
 from spear_twisted.agent.config import AgentConfig
 
+try:
+    # The C module: ``socket`` (its enums, ``selectors``) would add some
+    # 8 ms to a start of 20; the framework imports it after authenticating.
+    import _socket as sockets
+except ImportError:  # another Python than CPython
+    import socket as sockets  # type: ignore[no-redef]
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable
 
 try:
@@ -58,19 +66,32 @@ def auth_request_frame(config: AgentConfig, *, now_ns: int | None = None) -> byt
 
 
 class Bootstrap:
-    """A connected socket on which the ``AuthRequest`` ``frame`` has been sent."""
+    """
+    A connected socket on which the ``AuthRequest`` ``frame`` has been sent
+    (``sock``: over unix, the C module's socket, without the methods
+    :mod:`socket` adds).
+    """
 
     __slots__ = ("frame", "sock")
 
-    def __init__(self, sock: socket.socket, frame: bytes) -> None:
+    def __init__(self, sock: sockets.socket, frame: bytes) -> None:
         self.sock = sock
         self.frame = frame
 
+    def as_socket(self) -> socket.socket:
+        """The connection as a :class:`socket.socket` (which ``sock`` becomes), for the framework."""
+        import socket
 
-def connect(config: AgentConfig) -> socket.socket:
+        if not isinstance(self.sock, socket.socket):
+            sock = self.sock
+            self.sock = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        return self.sock
+
+
+def connect(config: AgentConfig) -> sockets.socket:
     """A blocking socket connected to ``config``'s address."""
     if config.transport == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
         try:
             sock.settimeout(config.connect_timeout)
             assert config.socket_path is not None
@@ -79,6 +100,8 @@ def connect(config: AgentConfig) -> socket.socket:
             sock.close()
             raise
     else:
+        import socket  # its create_connection: name resolution, each address tried
+
         sock = socket.create_connection((config.host, config.port), timeout=config.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
@@ -113,6 +136,27 @@ def connect_and_authenticate(
             delay = config.retry_delay_for(attempt)
             _say(f"cannot connect to the spearlet at {config.address}: {e}; retrying in {delay:g} s")
             sleep(delay)
+
+
+def await_answer(connection: Bootstrap, timeout: float) -> bool:
+    """
+    Wait until the spearlet's answer to the ``AuthRequest`` can be read, or
+    the connection ended or failed, at most ``timeout`` seconds; nothing is
+    read (the framework's connection reads it).
+
+    :return: whether the answer (or the end) came within ``timeout``.
+    """
+    sock = connection.sock
+    sock.settimeout(timeout)
+    try:
+        sock.recv(1, sockets.MSG_PEEK)
+    except TimeoutError:
+        return False
+    except OSError:
+        pass  # the connection failed: the session will say so
+    finally:
+        sock.settimeout(None)
+    return True
 
 
 def _say(message: str) -> None:

@@ -2,7 +2,8 @@
 :func:`run`: the entry point of an agent program.
 
 It reads the configuration, connects and presents the instance's secret
-with a plain socket (:mod:`spear_twisted.agent.bootstrap`), and only then
+with a plain socket (:mod:`spear_twisted.agent.bootstrap`), waits for the
+spearlet's answer (``AgentConfig.await_auth_response``), and only then
 chooses txaio's framework, once, imports it and runs the agent on the
 connected socket.  Nothing here is imported before that choice but the
 standard library and the agent's small configuration modules.  Over the
@@ -113,11 +114,15 @@ def _run(
             )
             return EXIT_CONFIG
     else:
-        from spear_twisted.agent.bootstrap import connect_and_authenticate
+        from spear_twisted.agent.bootstrap import await_answer, connect_and_authenticate
 
         connected = connect_and_authenticate(config)
         if connected is None:
             return EXIT_UNREACHABLE
+        if config.await_auth_response:
+            # The imports below are most of the start's CPU time: not while
+            # the spearlet may still be starting other instances.
+            await_answer(connected, config.connect_timeout)
     import txaio as _txaio
 
     txaio: Any = _txaio  # its functions are bound when the framework is chosen

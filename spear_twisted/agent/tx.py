@@ -110,7 +110,7 @@ def start_agent(
     adopted = agent.start(None if preconnected is None else preconnected.frame)
     if adopted is not None:
         assert preconnected is not None
-        sock = preconnected.sock
+        sock = preconnected.as_socket()
         # The reactor duplicates the descriptor; ours is closed right after.
         reactor.adoptStreamConnection(
             sock.fileno(), sock.family, Factory.forProtocol(lambda: AgentProtocol(adopted))

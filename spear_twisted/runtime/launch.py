@@ -10,8 +10,8 @@ Twisted's ``spawnProcess`` can do none of this, so a launcher does it:
 * :class:`UtilLinuxLauncher` (the default where available) chains small
   util-linux programs, each of which ``exec``\\ s the next::
 
-      setpriv --pdeathsig KILL -- sh -c 'check the parent; exec "$@"' PID drop-pwd \\
-          prlimit --as=N --nofile=N -- setsid -- PROGRAM ARGS...
+      setsid -- setpriv --pdeathsig KILL -- sh -c 'check the parent; exec "$@"' PID drop-pwd \\
+          prlimit --as=N --nofile=N -- PROGRAM ARGS...
 
   Five ``exec``\\ s of small C programs cost about 3 ms.
 * :class:`PythonLauncher` runs ``launcher.py`` in a second interpreter
@@ -90,7 +90,7 @@ class Launcher:
 
 @attrs.frozen
 class UtilLinuxLauncher(Launcher):
-    """``setpriv`` + ``sh`` + ``prlimit`` + ``setsid``; see the module docstring."""
+    """``setsid`` + ``setpriv`` + ``sh`` + ``prlimit``; see the module docstring."""
 
     setpriv: str
     sh: str
@@ -108,16 +108,20 @@ class UtilLinuxLauncher(Launcher):
         *,
         environment: Collection[str] = (),
     ) -> LaunchCommand:
-        argv = [self.setpriv, "--pdeathsig", "KILL", "--", self.sh, "-c", _CHECK_PARENT, str(parent)]
+        # setsid first, so that the rest of the chain already runs in the
+        # instance's session: with Linux's autogroups its CPU time counts
+        # against that session's share, not the spearlet's.  setsid forks
+        # only if it already leads a process group, which a freshly spawned
+        # child never does: the pid stays the program's.
+        argv = [self.setsid, "--", self.setpriv, "--pdeathsig", "KILL", "--", self.sh, "-c", _CHECK_PARENT]
+        argv.append(str(parent))
         argv.append("keep-pwd" if "PWD" in environment else "drop-pwd")
         if rlimits:
             argv.append(self.prlimit)
             argv += [f"{PRLIMIT_OPTIONS[name]}={value}" for name, value in sorted(rlimits.items())]
             argv.append("--")
-        # setsid forks only if it already leads a process group, which a
-        # freshly spawned child never does: the pid stays the program's.
-        argv += [self.setsid, "--", program, *args]
-        return LaunchCommand(self.setpriv, tuple(argv))
+        argv += [program, *args]
+        return LaunchCommand(self.setsid, tuple(argv))
 
     @classmethod
     def find(cls, path: str | None = None, *, system_path: str = SYSTEM_PATH) -> UtilLinuxLauncher | None:
