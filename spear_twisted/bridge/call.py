@@ -18,9 +18,11 @@ not read, nothing more is acknowledged and the client stops sending on this
 call; other calls go on.  Acknowledgements go to HTTP/2 in batches of
 ``BridgeConfig.acknowledge_batch`` bytes (the rest once the client ends its
 side or the call ends): small enough that the client never waits for them,
-and h2's window bookkeeping is not run for every small message.  A send's Deferred fires once its bytes are handed
-to HTTP/2, which is when the client's window allows: wait for it before the
-next send and a slow client holds the handler back instead of memory.
+and h2's window bookkeeping is not run for every small message.
+
+A send's Deferred fires once its bytes are handed to HTTP/2, which is when
+the client's window allows: wait for it before the next send and a slow
+client holds the handler back instead of memory.
 """
 
 from __future__ import annotations

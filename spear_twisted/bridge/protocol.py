@@ -384,8 +384,11 @@ class BridgeProtocol(Protocol):
             self._reset_tokens -= 1
 
     def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        waiting = self._waiting
+        if not waiting:
+            return  # the common case: grpcio's client sends two with every message
         if event.stream_id:
-            call = self._waiting.get(event.stream_id)
+            call = waiting.get(event.stream_id)
             if call is not None:
                 self.pump(call)
         else:
@@ -451,7 +454,8 @@ class BridgeProtocol(Protocol):
             h2.exceptions.StreamClosedError,
         ):
             return False
-        self.write_out()
+        if not self._receiving:
+            self.write_out()
         return True
 
     def write_out(self) -> None:
