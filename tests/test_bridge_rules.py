@@ -83,6 +83,19 @@ class MessageFramingTests(SynchronousTestCase):
         self.assertEqual(decoder.feed(b"x" * 101), [])
         self.assertEqual(decoder.buffered, 0)
 
+    def test_one_whole_message_comes_out_as_bytes_from_any_buffer(self) -> None:
+        framed = frame_message(b"whole")
+        for data in (framed, bytearray(framed), memoryview(framed)):
+            decoder = MessageDecoder(100)
+            received = decoder.feed(data)  # type: ignore[arg-type]
+            self.assertEqual(received, [b"whole"])
+            self.assertIs(type(received[0]), bytes)
+            self.assertEqual(decoder.buffered, 0)
+        decoder = MessageDecoder(4)
+        self.assertEqual(decoder.feed(framed), [])  # one whole message, over the limit
+        assert decoder.error is not None
+        self.assertEqual(decoder.error.status, StatusCode.RESOURCE_EXHAUSTED)
+
     def test_an_oversize_prefix_split_across_feeds_is_refused(self) -> None:
         decoder = MessageDecoder(100)
         decoder.feed(b"\x00\x00\x00")

@@ -17,7 +17,8 @@ from zope.interface import implementer
 from spear_twisted.bridge import spear_pb2 as pb
 from spear_twisted.bridge.call import BridgeStream
 from spear_twisted.bridge.config import BridgeConfig
-from spear_twisted.bridge.contract import envelope_from_message, message_from_envelope
+from spear_twisted.bridge.contract import CONNECT_PATH, envelope_from_message, message_from_envelope
+from spear_twisted.bridge.framing import frame_message
 from spear_twisted.bridge.methods import CallContext, IConnectHandler
 from spear_twisted.errors import ConnectionClosed, RequestCancelled, SpearError, UnknownTask
 from spear_twisted.wire import HeartbeatMessage, SpearMessage, StreamDataMessage, Timestamp
@@ -26,6 +27,7 @@ from tests.bridge_support import (
     CALL_TIMEOUT,
     ServerFixture,
     SyncClient,
+    connect_raw_h2,
     connect_stub,
     execute_stub,
     in_thread,
@@ -416,3 +418,74 @@ class StreamDeadlineTests(TestCase):
         self.assertEqual(raised.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)  # type: ignore[attr-defined]
         timeout = recorder.contexts[0].timeout
         self.assertEqual(raised.exception.details(), f"deadline exceeded ({timeout:g} s)")  # type: ignore[attr-defined]
+
+
+class AcknowledgementTests(TestCase):
+    """Consumed bytes go back to the client in batches, the rest when the client or the call ends."""
+
+    def test_a_batch_is_an_eighth_of_the_smaller_window_share(self) -> None:
+        self.assertEqual(BridgeConfig().acknowledge_batch, (16 * 1024 * KiB // 100) // 8)
+        self.assertEqual(BridgeConfig(max_concurrent_streams=1).acknowledge_batch, 1024 * KiB // 8)
+        small = BridgeConfig(
+            stream_window_size=65_535, connection_window_size=65_535, max_concurrent_streams=1
+        )
+        self.assertEqual(small.acknowledge_batch, 65_535 // 8)
+
+    @defer.inlineCallbacks
+    def test_small_messages_are_acknowledged_in_batches_and_the_rest_at_the_end(self) -> Gen:
+        config = BridgeConfig()
+        batch = config.acknowledge_batch
+        recorder = Recorder()  # takes nothing: the messages wait, within the buffer
+        fixture = ServerFixture(self, connect=recorder, config=config)
+        fixture.listen_tcp()
+        assert fixture.port is not None
+        client = yield connect_raw_h2(fixture.port.getHost().port)
+        self.addCleanup(lambda: client.transport.loseConnection() if not client.closed else None)
+        envelope = raw_envelope(1000)
+        message = frame_message(envelope.SerializeToString())
+        stream_id = client.grpc(CONNECT_PATH, envelope, end=False)
+        yield recorder.when_connected()
+        stream = recorder.streams[0]
+        seen: list[int] = []
+        expected: list[int] = []
+        unacknowledged = 0
+        per_batch = -(-batch // len(message))
+        for sent in range(1, 3 * per_batch + 2):
+            if sent > 1:
+                client.h2.send_data(stream_id, message)
+                client.flush()
+            yield wait_until(lambda n=sent: stream.held_bytes == n * (len(message) - 5), f"message {sent}")
+            seen.append(stream.unacknowledged_bytes)
+            unacknowledged += len(message)
+            if unacknowledged >= batch:
+                unacknowledged = 0
+            expected.append(unacknowledged)
+        self.assertEqual(seen, expected)
+        self.assertEqual(expected.count(0), 3)  # three batches went
+        self.assertGreater(seen[-1], 0)
+        client.h2.end_stream(stream_id)
+        client.flush()
+        yield wait_until(lambda: stream.remote_ended, "the client's end")
+        self.assertEqual(stream.unacknowledged_bytes, 0)  # the call still runs; its rest went back
+        self.assertTrue(stream.active)
+        recorder.done[0].callback(None)
+        yield client.when(lambda: stream_id in client.ended)
+
+    @defer.inlineCallbacks
+    def test_calls_each_smaller_than_a_batch_do_not_use_up_the_connection_window(self) -> Gen:
+        config = BridgeConfig(
+            stream_window_size=65_535, connection_window_size=65_535, max_concurrent_streams=1
+        )
+        fixture = ServerFixture(self, config=config)
+        client = SyncClient(self, fixture.listen_tcp())
+        sent = envelopes(3, size=1000)  # about 6 KiB a call, below the batch of 8 KiB
+        self.assertLess(sum(envelope.ByteSize() + 5 for envelope in sent), config.acknowledge_batch)
+        calls = 30  # about 180 KiB in all: nearly three times the connection window
+
+        def run() -> list[list[pb.Envelope]]:
+            return [
+                list(client.connect(iter(sent), metadata=ALICE, timeout=CALL_TIMEOUT)) for _ in range(calls)
+            ]
+
+        echoed = yield in_thread(run)
+        self.assertEqual(echoed, [sent] * calls)

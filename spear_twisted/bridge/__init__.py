@@ -7,11 +7,12 @@ Modules, lowest first: ``spear_pb2`` (generated from ``spear.proto``),
 ``contract`` (method paths, protobuf <-> wire conversions), ``status``,
 ``framing`` and ``headers`` (gRPC rules, no Twisted), ``config``,
 ``methods`` (registry, contexts, backend interfaces), ``auth``, ``call``
-(one call), ``protocol`` (one connection), ``server`` (Factory and
-Service), ``endpoints`` (TLS with ALPN ``h2``), ``client`` (the Twisted
-client of ``Connect``), ``session`` (the Spear session over ``Connect``),
-``channel`` (:class:`GrpcChannel`), ``backend`` (``Execute`` and ``Status``
-on a spearlet).
+(one call), ``h2connection`` (h2's connection without a per-frame trace),
+``protocol`` (one connection), ``server`` (Factory and Service),
+``endpoints`` (TLS with ALPN ``h2``), ``client`` (the Twisted client of
+``Connect``), ``session`` (the Spear session over ``Connect``), ``channel``
+(:class:`GrpcChannel`), ``backend`` (``Execute`` and ``Status`` on a
+spearlet).
 
 The names below are importable from this package; they load on first use,
 so that the ``h2tls:`` endpoint plugin can import

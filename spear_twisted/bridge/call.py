@@ -15,9 +15,14 @@ message they belong to has been taken by the handler, or while they are the
 message being assembled (up to the size limit).  While more than
 ``receive_buffer_size`` bytes of whole messages wait for a handler that does
 not read, nothing more is acknowledged and the client stops sending on this
-call; other calls go on.  A send's Deferred fires once its bytes are handed
-to HTTP/2, which is when the client's window allows: wait for it before the
-next send and a slow client holds the handler back instead of memory.
+call; other calls go on.  Acknowledgements go to HTTP/2 in batches of
+``BridgeConfig.acknowledge_batch`` bytes (the rest once the client ends its
+side or the call ends): small enough that the client never waits for them,
+and h2's window bookkeeping is not run for every small message.
+
+A send's Deferred fires once its bytes are handed to HTTP/2, which is when
+the client's window allows: wait for it before the next send and a slow
+client holds the handler back instead of memory.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class BridgeStream:
         self._decoder = MessageDecoder(config.max_receive_message_size, encoding)
         self._max_send = config.max_send_message_size
         self._buffer_limit = config.receive_buffer_size
+        self._acknowledge_batch = config.acknowledge_batch
         self._unary = method is not None and method.kind is MethodKind.UNARY
 
         # receiving
@@ -199,7 +205,9 @@ class BridgeStream:
                 break
         if decoder.error is not None and self.active:
             self._fail(decoder.error)
-        if not self.active or self._inbox_bytes <= self._buffer_limit:
+        if not self.active:
+            self._acknowledge()
+        elif self._inbox_bytes <= self._buffer_limit and self._unacked >= self._acknowledge_batch:
             self._acknowledge()
 
     def remote_end(self) -> None:
@@ -207,6 +215,8 @@ class BridgeStream:
         self.remote_ended = True
         if not self.active:
             return
+        if self._inbox_bytes <= self._buffer_limit:
+            self._acknowledge()  # no more data comes: nothing to gather a batch with
         error = self._decoder.end()
         if error is not None:
             self._fail(error)
@@ -314,7 +324,12 @@ class BridgeStream:
 
     def _taken(self, size: int) -> None:
         self._inbox_bytes -= size
-        if self._unacked and self._inbox_bytes <= self._buffer_limit:
+        unacked = self._unacked
+        if (
+            unacked
+            and self._inbox_bytes <= self._buffer_limit
+            and (unacked >= self._acknowledge_batch or self.remote_ended)
+        ):
             self._acknowledge()
             self.connection.write_out()
 

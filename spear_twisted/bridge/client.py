@@ -37,7 +37,6 @@ from collections import deque
 from typing import Any
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -55,6 +54,7 @@ from spear_twisted._version import __version__
 from spear_twisted.bridge import spear_pb2 as pb
 from spear_twisted.bridge.contract import CONNECT_PATH
 from spear_twisted.bridge.framing import MessageDecoder, frame_message
+from spear_twisted.bridge.h2connection import BridgeH2Connection
 from spear_twisted.bridge.headers import decode_grpc_message, is_grpc_content_type
 from spear_twisted.bridge.status import GrpcError, StatusCode
 
@@ -132,7 +132,7 @@ class ConnectCall(Protocol):
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.close_timeout = close_timeout
-        self.h2 = h2.connection.H2Connection(
+        self.h2 = BridgeH2Connection(
             config=h2.config.H2Configuration(
                 client_side=True,
                 header_encoding=None,

@@ -125,6 +125,17 @@ class BridgeConfig:
                 f" stream_window_size ({self.stream_window_size})"
             )
 
+    @property
+    def acknowledge_batch(self) -> int:
+        """
+        Consumed bytes a call gathers before it acknowledges them to HTTP/2
+        (it acknowledges the rest when the client ends its side or the call
+        ends): an eighth of the stream window, and of a stream's share of the
+        connection window, so that the client never waits for them.
+        """
+        share = self.connection_window_size // self.max_concurrent_streams
+        return min(self.stream_window_size, share) // 8
+
 
 def _descriptions(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for description in value:

@@ -71,6 +71,12 @@ class MessageDecoder:
         """Take ``data``; return every message it completes, in order."""
         if self.error is not None or not data:
             return []
+        size = len(data)
+        if not self._buffer and size >= PREFIX_SIZE and type(data) is bytes:
+            # The common case: one whole message (a refused one takes the long way).
+            flag, length = _PREFIX.unpack_from(data)
+            if size == PREFIX_SIZE + length and not flag and length <= self.max_message_size:
+                return [data[PREFIX_SIZE:]]
         messages: list[bytes] = []
         view = memoryview(data)
         if self._buffer:

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -45,6 +44,7 @@ from zope.interface import implementer
 
 from spear_twisted.bridge.call import DATA, HEADERS, BridgeStream
 from spear_twisted.bridge.config import BridgeConfig
+from spear_twisted.bridge.h2connection import BridgeH2Connection
 from spear_twisted.bridge.headers import decode_metadata, is_grpc_content_type, parse_timeout
 from spear_twisted.bridge.methods import CallContext, MethodRegistry
 from spear_twisted.bridge.status import GrpcError, StatusCode
@@ -101,7 +101,7 @@ class BridgeProtocol(Protocol):
         self.server = server
         self.connection_id = f"h2-{next(_connection_ids)}"
         self.peer = "?"
-        self.h2 = h2.connection.H2Connection(
+        self.h2 = BridgeH2Connection(
             config=h2.config.H2Configuration(
                 client_side=False,
                 header_encoding=None,
@@ -384,8 +384,11 @@ class BridgeProtocol(Protocol):
             self._reset_tokens -= 1
 
     def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        waiting = self._waiting
+        if not waiting:
+            return  # the common case: grpcio's client sends two with every message
         if event.stream_id:
-            call = self._waiting.get(event.stream_id)
+            call = waiting.get(event.stream_id)
             if call is not None:
                 self.pump(call)
         else:
@@ -451,7 +454,8 @@ class BridgeProtocol(Protocol):
             h2.exceptions.StreamClosedError,
         ):
             return False
-        self.write_out()
+        if not self._receiving:
+            self.write_out()
         return True
 
     def write_out(self) -> None:
