@@ -34,11 +34,9 @@ from spear_twisted.runtime.model import (
     InstanceConfig,
     ResourceLimits,
     RestartPolicy,
-    non_negative,
-    positive,
 )
 from spear_twisted.runtime.process import ProcessRuntimeConfig
-from spear_twisted.settings import setting
+from spear_twisted.settings import not_negative, positive, setting
 from spear_twisted.wire import RuntimeType
 from spear_twisted.wire.codec import structure
 
@@ -150,7 +148,7 @@ class TaskConfig:
     min_instances: int = setting(
         1,
         doc="Instances kept running at all times (0: started on the first request).",
-        validator=non_negative,
+        validator=not_negative,
     )
     max_instances: int = setting(
         1, doc="Most instances running at once, started on demand.", validator=positive

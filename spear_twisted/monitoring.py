@@ -31,7 +31,7 @@ from twisted.application.service import Service
 
 from spear_twisted.channels.events import ConnectionEvent, ConnectionEventKind
 from spear_twisted.channels.stats import LatencyWindow
-from spear_twisted.settings import setting
+from spear_twisted.settings import positive, setting
 from spear_twisted.wire import MessageType
 
 
@@ -40,11 +40,6 @@ class MessageDirection(enum.Enum):
 
     INCOMING = "incoming"
     OUTGOING = "outgoing"
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
 @attrs.frozen
@@ -66,7 +61,7 @@ class MonitoringConfig:
     metrics_buffer_size: int = setting(
         10_000,
         doc="Events kept per buffer; the oldest are dropped (and counted) beyond.",
-        validator=_positive,
+        validator=positive,
     )
 
 

@@ -37,6 +37,29 @@ def can_turn_off(field: attrs.Attribute[Any]) -> bool:
     )
 
 
+def positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator: ``value`` is above zero."""
+    if value is None or value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def not_negative(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator: ``value`` is zero or above."""
+    if value is None or value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+def valid_port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
+    """An attrs validator: ``value`` is ``(low, high)``, TCP ports, not empty."""
+    if len(value) != 2:
+        raise ValueError(f"{attribute.name} must be (low, high), not {value!r}")
+    low, high = value
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        raise ValueError(f"{attribute.name} ports must be within 1..65535, not {value!r}")
+    if low > high:
+        raise ValueError(f"{attribute.name} is empty: {low} > {high}")
+
+
 def positive_or_off(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     """An attrs validator: ``value`` is ``None`` (off) or above zero."""
     if value is not None and value <= 0:

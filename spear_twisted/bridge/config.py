@@ -7,23 +7,13 @@ from typing import Any
 import attrs
 
 from spear_twisted.auth import token_problem
-from spear_twisted.settings import setting
+from spear_twisted.settings import not_negative, positive, setting
 
 KiB = 1024
 MiB = 1024 * KiB
 
 #: Largest HTTP/2 flow-control window (RFC 9113 section 6.9.1).
 MAX_WINDOW = 2**31 - 1
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
 
 
 def _window(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -48,17 +38,17 @@ class BridgeConfig:
         4 * MiB,
         doc="Largest message a client may send; a longer one ends its call with RESOURCE_EXHAUSTED"
         " as soon as its length is read, before any of it is buffered.",
-        validator=_not_negative,
+        validator=not_negative,
     )
     max_send_message_size: int = setting(
         4 * MiB,
         doc="Largest message the server sends; a longer response ends its call with RESOURCE_EXHAUSTED.",
-        validator=_not_negative,
+        validator=not_negative,
     )
     max_concurrent_streams: int = setting(
         100,
         doc="Calls a client may run at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).",
-        validator=_positive,
+        validator=positive,
     )
     stream_window_size: int = setting(
         1 * MiB,
@@ -76,46 +66,46 @@ class BridgeConfig:
         256 * KiB,
         doc="Bytes of whole messages a streaming call may hold for a handler that has not taken them;"
         " beyond it the server stops acknowledging that call's data, so the client waits.",
-        validator=_not_negative,
+        validator=not_negative,
     )
     max_header_list_size: int = setting(
         16 * KiB,
         doc="Largest header block (metadata) a client may send (SETTINGS_MAX_HEADER_LIST_SIZE).",
-        validator=_positive,
+        validator=positive,
     )
     max_buffered_control_bytes: int = setting(
         64 * KiB,
         doc="Control frames (PING and SETTINGS acknowledgements, window updates, resets) buffered for a"
         " client that does not read; beyond it the connection is aborted.",
-        validator=_positive,
+        validator=positive,
     )
     reset_burst: int = setting(
         1000,
         doc="Stream resets a client may send in a burst (Rapid Reset defence, CVE-2023-44487).",
-        validator=_positive,
+        validator=positive,
     )
     reset_rate: float = setting(
         33.0,
         doc="Stream resets per second a client may sustain after a burst; beyond it the connection"
         " gets GOAWAY with ENHANCE_YOUR_CALM and is closed.",
-        validator=_positive,
+        validator=positive,
     )
     shutdown_grace: float = setting(
         10.0,
         doc="On shutdown, how long calls in flight may run after GOAWAY before they are ended with"
         " UNAVAILABLE.",
-        validator=_not_negative,
+        validator=not_negative,
     )
     goaway_ping_timeout: float = setting(
         1.0,
         doc="On shutdown, how long to wait for the client's PING acknowledgement between the first"
         " GOAWAY (no new calls please) and the final one (the last call served).",
-        validator=_positive,
+        validator=positive,
     )
     close_timeout: float = setting(
         10.0,
         doc="How long a closing connection may take to flush before it is aborted.",
-        validator=_positive,
+        validator=positive,
     )
 
     def __attrs_post_init__(self) -> None:

@@ -48,6 +48,7 @@ from spear_twisted.bridge.h2connection import BridgeH2Connection
 from spear_twisted.bridge.headers import decode_metadata, is_grpc_content_type, parse_timeout
 from spear_twisted.bridge.methods import CallContext, MethodRegistry
 from spear_twisted.bridge.status import GrpcError, StatusCode
+from spear_twisted.channels.session_protocol import describe_peer
 from spear_twisted.errors import (
     AuthenticationError,
     ConnectionLost,
@@ -146,7 +147,7 @@ class BridgeProtocol(Protocol):
         transport = self._transport
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
-        self.peer = _describe(transport.getPeer())
+        self.peer = describe_peer(transport)
         self._reset_stamp = self.clock.seconds()
         config = self.config
         self.h2.local_settings = h2.settings.Settings(
@@ -712,14 +713,3 @@ class BridgeProtocol(Protocol):
 
     def __repr__(self) -> str:
         return f"<BridgeProtocol {self.connection_id} {self.peer} calls={len(self.calls)}>"
-
-
-def _describe(address: Any) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    return f"unix:{name}" if name else type(address).__name__

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from spear_twisted.settings import positive, positive_or_off, valid_port_range
 from spear_twisted.wire import (
     AUTH_TIMEOUT,
     HEARTBEAT_INTERVAL,
@@ -19,19 +20,6 @@ from spear_twisted.wire import (
 
 #: Transport names, in the spelling of ``SPEAR_COMMUNICATION_TYPE``.
 TRANSPORTS = ("unix", "tcp", "grpc", "memory")
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-def _port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, int]) -> None:
-    low, high = value
-    if not (1 <= low <= high <= 65535):
-        raise ValueError(
-            f"{attribute.name} must be (low, high) with 1 <= low <= high <= 65535, not {value!r}"
-        )
 
 
 def _transports(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
@@ -75,19 +63,19 @@ class ChannelConfig:
     socket_path: str | None = None
     host: str = "127.0.0.1"
     port: int | None = None
-    port_range: tuple[int, int] = attrs.field(default=PORT_RANGE, converter=tuple, validator=_port_range)
+    port_range: tuple[int, int] = attrs.field(default=PORT_RANGE, converter=tuple, validator=valid_port_range)
     allow_remote: bool = False
-    backlog: int = attrs.field(default=1024, validator=_positive)
-    request_timeout: float = attrs.field(default=30.0, validator=_positive)
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
-    close_timeout: float = attrs.field(default=10.0, validator=_positive)
-    receive_queue_size: int = attrs.field(default=1024, validator=_positive)
-    auth_timeout: float = attrs.field(default=AUTH_TIMEOUT, validator=_positive)
-    heartbeat_interval: float | None = attrs.field(default=HEARTBEAT_INTERVAL, validator=_positive)
-    heartbeat_timeout: float | None = attrs.field(default=HEARTBEAT_TIMEOUT, validator=_positive)
-    idle_timeout: float | None = attrs.field(default=None, validator=_positive)
-    max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive)
-    max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=_positive)
+    backlog: int = attrs.field(default=1024, validator=positive)
+    request_timeout: float = attrs.field(default=30.0, validator=positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=positive)
+    close_timeout: float = attrs.field(default=10.0, validator=positive)
+    receive_queue_size: int = attrs.field(default=1024, validator=positive)
+    auth_timeout: float = attrs.field(default=AUTH_TIMEOUT, validator=positive)
+    heartbeat_interval: float | None = attrs.field(default=HEARTBEAT_INTERVAL, validator=positive_or_off)
+    heartbeat_timeout: float | None = attrs.field(default=HEARTBEAT_TIMEOUT, validator=positive_or_off)
+    idle_timeout: float | None = attrs.field(default=None, validator=positive_or_off)
+    max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=positive)
+    max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=positive)
     allowed_uids: frozenset[int] | None = attrs.field(default=None, converter=_optional_uids)
     tls_cert_path: str | None = None
     tls_key_path: str | None = None

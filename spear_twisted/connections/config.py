@@ -10,7 +10,7 @@ import attrs
 
 from spear_twisted.channels.config import ChannelConfig
 from spear_twisted.channels.tcp import is_loopback
-from spear_twisted.settings import positive_or_off, setting
+from spear_twisted.settings import positive, positive_or_off, setting, valid_port_range
 from spear_twisted.wire import (
     AUTH_TIMEOUT,
     CONNECTION_TIMEOUT,
@@ -34,21 +34,6 @@ class DuplicatePolicy(enum.Enum):
     #: The old connection gets ``Error`` 1103 (``ALREADY_CONNECTED``) and is
     #: closed; the newcomer takes its place in the instance's channel.
     REPLACE_OLD = "replace-old"
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-def _port_range(_instance: object, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
-    if len(value) != 2:
-        raise ValueError(f"{attribute.name} must be (low, high), not {value!r}")
-    low, high = value
-    if not (1 <= low <= 65535 and 1 <= high <= 65535):
-        raise ValueError(f"{attribute.name} ports must be within 1..65535, not {value!r}")
-    if low > high:
-        raise ValueError(f"{attribute.name} is empty: {low} > {high}")
 
 
 def _backlog(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -90,7 +75,7 @@ class ConnectionManagerConfig:
         PORT_RANGE,
         doc="Ports tried, in order, when no port is given: ``[low, high]``.",
         converter=tuple,
-        validator=_port_range,
+        validator=valid_port_range,
     )
     endpoints: tuple[str, ...] = setting(
         (),
@@ -104,7 +89,7 @@ class ConnectionManagerConfig:
     max_connections: int = setting(
         1000,
         doc="Connections open at once; a new one beyond is answered with error 1200 and closed.",
-        validator=_positive,
+        validator=positive,
     )
     connection_timeout: float | None = setting(
         CONNECTION_TIMEOUT,
@@ -117,27 +102,27 @@ class ConnectionManagerConfig:
     auth_timeout: float = setting(
         AUTH_TIMEOUT,
         doc="Seconds from accepting a connection within which ``AuthRequest`` must arrive (error 1102).",
-        validator=_positive,
+        validator=positive,
     )
     heartbeat_interval: float = setting(
         HEARTBEAT_INTERVAL,
         doc="Seconds of sending nothing after which a side sends a heartbeat.",
-        validator=_positive,
+        validator=positive,
     )
     heartbeat_timeout: float = setting(
         HEARTBEAT_TIMEOUT,
         doc="Seconds without any frame received after which the connection is closed (error 1202).",
-        validator=_positive,
+        validator=positive,
     )
     max_message_size: int = setting(
         MAX_MESSAGE_SIZE,
         doc="Largest frame body, in bytes, once authenticated (error 1002 beyond).",
-        validator=_positive,
+        validator=positive,
     )
     max_preauth_message_size: int = setting(
         MAX_PREAUTH_MESSAGE_SIZE,
         doc="Largest frame body, in bytes, before authentication (error 1002 beyond).",
-        validator=_positive,
+        validator=positive,
     )
     max_pending_auth: int = setting(
         64,
@@ -145,7 +130,7 @@ class ConnectionManagerConfig:
             "Connections allowed to wait for authentication at once; beyond, a silent one is closed "
             "to make room, or the newcomer is refused (error 1201)."
         ),
-        validator=_positive,
+        validator=positive,
     )
     backlog: int = setting(MIN_BACKLOG, doc="Listen backlog (at least 1024).", validator=_backlog)
     enable_tls: bool = setting(False, doc="Serve ``start_listening``'s listener over TLS.")
@@ -166,7 +151,7 @@ class ConnectionManagerConfig:
     close_timeout: float = setting(
         10.0,
         doc="Seconds an orderly close may take to flush before the connection is aborted.",
-        validator=_positive,
+        validator=positive,
     )
 
     def __attrs_post_init__(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from spear_twisted.settings import positive_or_off, setting
+from spear_twisted.settings import not_negative, positive, positive_or_off, setting
 from spear_twisted.wire import RuntimeInstanceId
 
 #: Status changes kept per instance; older ones are dropped first.
@@ -53,18 +53,6 @@ class RestartPolicy(enum.Enum):
     ON_FAILURE = "on-failure"
     #: Never: a clean exit is Stopped, any other is Error.
     NEVER = "never"
-
-
-def positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """An attrs validator: ``value`` is ``None`` or above zero."""
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-def non_negative(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """An attrs validator: ``value`` is zero or above."""
-    if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
 
 
 def _string_tuple(value: Any) -> tuple[str, ...]:
@@ -177,7 +165,7 @@ class InstanceConfig:
     stop_grace_period: float = setting(
         5.0,
         doc="Seconds between the ``Terminate`` signal and SIGTERM to the process group.",
-        validator=non_negative,
+        validator=not_negative,
     )
     kill_timeout: float = setting(
         5.0, doc="Seconds between SIGTERM and SIGKILL to the process group.", validator=positive

@@ -70,12 +70,11 @@ from spear_twisted.runtime.model import (
     ResourceLimits,
     RestartPolicy,
     TaskInstance,
-    positive,
 )
 from spear_twisted.runtime.output import LINE_LIMIT
 from spear_twisted.runtime.reaping import ProcessGroups, become_subreaper, wait_group_gone
 from spear_twisted.runtime.supervision import BackoffPolicy, RestartTracker
-from spear_twisted.settings import setting
+from spear_twisted.settings import positive, setting
 from spear_twisted.wire import RuntimeInstanceId, RuntimeType, SignalMessage, SignalType, SpearMessage
 
 #: A subscriber of runtime events.

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from spear_twisted.runtime.model import ExitInfo, ResourceLimits, non_negative, positive
-from spear_twisted.settings import setting
+from spear_twisted.runtime.model import ExitInfo, ResourceLimits
+from spear_twisted.settings import not_negative, positive, setting
 
 # What a program that ran out of memory (its address-space limit) tends to print.
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
@@ -31,7 +31,7 @@ class BackoffPolicy:
     __spear_settings__ = True
 
     min_delay: float = setting(
-        1.0, doc="Seconds before restarting a process that died young (default 1).", validator=non_negative
+        1.0, doc="Seconds before restarting a process that died young (default 1).", validator=not_negative
     )
     max_delay: float = setting(
         60.0,
@@ -41,7 +41,7 @@ class BackoffPolicy:
     stable_after: float = setting(
         60.0,
         doc="Seconds a process must live for its death to restart at once and reset the delay (default 60).",
-        validator=non_negative,
+        validator=not_negative,
     )
     crash_loop_restarts: int = setting(
         5,

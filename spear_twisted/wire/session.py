@@ -19,7 +19,6 @@ moves on the ``AuthResponse`` by itself.
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 import attrs
 
@@ -35,6 +34,7 @@ from spear_twisted.errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
+from spear_twisted.settings import positive, positive_or_off
 from spear_twisted.wire.constants import (
     AUTH_TIMEOUT,
     HEARTBEAT_INTERVAL,
@@ -70,16 +70,6 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
-        _positive(instance, attribute, value)
-
-
 @attrs.frozen
 class SessionConfig:
     """
@@ -90,12 +80,12 @@ class SessionConfig:
     closed.
     """
 
-    auth_timeout: float = attrs.field(default=AUTH_TIMEOUT, validator=_positive)
-    heartbeat_interval: float | None = attrs.field(default=HEARTBEAT_INTERVAL, validator=_positive_or_none)
-    heartbeat_timeout: float | None = attrs.field(default=HEARTBEAT_TIMEOUT, validator=_positive_or_none)
-    idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
-    max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive)
-    max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=_positive)
+    auth_timeout: float = attrs.field(default=AUTH_TIMEOUT, validator=positive)
+    heartbeat_interval: float | None = attrs.field(default=HEARTBEAT_INTERVAL, validator=positive_or_off)
+    heartbeat_timeout: float | None = attrs.field(default=HEARTBEAT_TIMEOUT, validator=positive_or_off)
+    idle_timeout: float | None = attrs.field(default=None, validator=positive_or_off)
+    max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=positive)
+    max_preauth_message_size: int = attrs.field(default=MAX_PREAUTH_MESSAGE_SIZE, validator=positive)
 
 
 @attrs.frozen
