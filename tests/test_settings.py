@@ -6,7 +6,15 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spear_twisted.errors import InvalidMessage
-from spear_twisted.settings import field_doc, positive_or_off, setting, settings_reference
+from spear_twisted.settings import (
+    field_doc,
+    not_negative,
+    positive,
+    positive_or_off,
+    setting,
+    settings_reference,
+    valid_port_range,
+)
 from spear_twisted.wire.codec import is_settings_class, structure
 
 
@@ -161,3 +169,35 @@ class TurningOffTests(SynchronousTestCase):
                 "flag": "boolean",
             },
         )
+
+
+@attrs.frozen
+class Bounded:
+    count: int = attrs.field(default=1, validator=positive)
+    delay: float = attrs.field(default=0.0, validator=not_negative)
+    ports: tuple[int, ...] = attrs.field(default=(9100, 9999), validator=valid_port_range)
+
+
+class ValidatorTests(SynchronousTestCase):
+    def assertRefused(self, message: str, **values: object) -> None:
+        with self.assertRaises(ValueError) as caught:
+            Bounded(**values)  # type: ignore[arg-type]
+        self.assertEqual(str(caught.exception), message)
+
+    def test_positive_refuses_zero_negative_and_none(self) -> None:
+        self.assertEqual(Bounded(count=3).count, 3)
+        self.assertRefused("count must be positive, not 0", count=0)
+        self.assertRefused("count must be positive, not -2", count=-2)
+        self.assertRefused("count must be positive, not None", count=None)
+
+    def test_not_negative_accepts_zero_and_refuses_below_and_none(self) -> None:
+        self.assertEqual(Bounded(delay=0).delay, 0)
+        self.assertRefused("delay must not be negative, not -0.5", delay=-0.5)
+        self.assertRefused("delay must not be negative, not None", delay=None)
+
+    def test_a_port_range_is_two_ports_low_to_high(self) -> None:
+        self.assertEqual(Bounded(ports=(80, 80)).ports, (80, 80))
+        self.assertRefused("ports must be (low, high), not (1, 2, 3)", ports=(1, 2, 3))
+        self.assertRefused("ports ports must be within 1..65535, not (0, 10)", ports=(0, 10))
+        self.assertRefused("ports ports must be within 1..65535, not (10, 65536)", ports=(10, 65536))
+        self.assertRefused("ports is empty: 9999 > 9100", ports=(9999, 9100))
