@@ -100,7 +100,7 @@ class ResourceLimits:
     max_cpu_seconds: int | None = setting(
         None,
         doc="CPU-time limit in seconds (``RLIMIT_CPU``), default unlimited; beyond it comes SIGXCPU.",
-        validator=positive,
+        validator=attrs.validators.optional(positive),
     )
     max_open_files: int | None = setting(
         1024,
@@ -116,7 +116,7 @@ class ResourceLimits:
             "Process limit (``RLIMIT_NPROC``), default unlimited.  The kernel counts every process of the "
             "user, not only the instance's."
         ),
-        validator=positive,
+        validator=attrs.validators.optional(positive),
     )
 
     def as_rlimits(self) -> dict[str, int]:
