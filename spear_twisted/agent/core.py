@@ -58,6 +58,7 @@ from spear_twisted.wire import (
     Timestamp,
     Violation,
 )
+from spear_twisted.wire.codec import decode_message
 from spear_twisted.wire.session import AuthFailed
 
 # txaio's functions are bound when its framework is chosen: untyped.
@@ -75,6 +76,19 @@ SignalHook = Callable[[SignalMessage], Any]
 CANCEL = SignalType.custom("cancel")
 
 _I32 = (-(2**31), 2**31 - 1)
+
+# An enum's members are slow to reach through the class (its metaclass has a
+# __getattr__): the per-message paths use these aliases.
+_ACTIVE = SessionState.ACTIVE
+_CLOSED = SessionState.CLOSED
+_EXECUTE_REQUEST = MessageType.EXECUTE_REQUEST
+_SIGNAL = MessageType.SIGNAL
+_ERROR = MessageType.ERROR
+_monotonic = time.monotonic
+
+# The results a handler gives at once (not a Deferred, future or coroutine):
+# answered in the same call, with no future, callbacks or timeout timer.
+_IMMEDIATE = frozenset({str, bytes, type(None), ExecuteResponse})
 
 # Refusals before authentication that may pass on a later attempt.
 _RETRYABLE = frozenset(
@@ -174,6 +188,8 @@ class AgentConnection:
         self.was_authenticated = False
         self._decoder = FrameDecoder(agent.config.max_message_size)
         self._timer: Any = None
+        # When ``_timer`` fires, on the clock's time.
+        self._timer_at = 0.0
 
     @property
     def authenticated(self) -> bool:
@@ -200,39 +216,45 @@ class AgentConnection:
             return
         session = self.session
         assert session is not None
+        moved = False
         for body in self._decoder.feed(data):
-            if self.closed or session.state is SessionState.CLOSED:
+            if self.closed or session.state is _CLOSED:
                 return
             try:
-                message = SpearMessage.deserialize(body)
+                message = decode_message(body)
             except DecodeError as e:
                 self._fail(e)
                 return
-            self._message(session, message)
+            moved = self._message(session, message) or moved
         if self._decoder.error is not None:
             self._fail(self._decoder.error)
-        self._schedule()
+        if moved or self.closed or session.state is not _ACTIVE:
+            self._schedule()
 
     def message_received(self, message: SpearMessage) -> None:
         """A whole message arrived (a transport that carries messages, not bytes)."""
         session = self.session
-        if self.closed or session is None or session.state is SessionState.CLOSED:
+        if self.closed or session is None or session.state is _CLOSED:
             return
-        self._message(session, message)
-        self._schedule()
+        if self._message(session, message) or self.closed or session.state is not _ACTIVE:
+            self._schedule()
 
     def protocol_error(self, error: SpearError) -> None:
         """The transport could not read what arrived: tell the spearlet with an ``Error``, then close."""
         if not self.closed:
             self._fail(error)
 
-    def _message(self, session: Session, message: SpearMessage) -> None:
+    def _message(self, session: Session, message: SpearMessage) -> bool:
+        """Handle ``message``; whether the session's deadlines may have moved earlier."""
         now = self.agent.clock.seconds()
         if session.accept_application(message, now):
+            # An application message on an active session only moves the
+            # deadlines later: the timer, if early, re-arms when it fires.
             self.agent.message_received(self, message)
-            return
+            return False
         for event in session.receive(message, now):
             self._handle(event)
+        return True
 
     def connection_lost(self, reason: str) -> None:
         if self.closed:
@@ -310,16 +332,29 @@ class AgentConnection:
         # HeartbeatReceived: the session has noted it; nothing else to do.
 
     def _schedule(self) -> None:
-        """Keep one timer at the session's next deadline."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """
+        Keep one timer at or before the session's next deadline.  Traffic only
+        moves deadlines later, so a timer that is due no later than the
+        deadline is kept: firing early is harmless (``_deadline`` polls and
+        re-arms), and re-arming on every message is not free.
+        """
+        timer = self._timer
         if self.closed or self.session is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
             return
         deadline = self.session.next_deadline()
+        if timer is not None:
+            if deadline is not None and self._timer_at <= deadline:
+                return
+            timer.cancel()
+            self._timer = None
         if deadline is not None:
             clock = self.agent.clock
-            self._timer = clock.call_later(max(0.0, deadline - clock.seconds()), self._deadline)
+            now = clock.seconds()
+            self._timer_at = max(now, deadline)
+            self._timer = clock.call_later(max(0.0, deadline - now), self._deadline)
 
     def _deadline(self) -> None:
         self._timer = None
@@ -485,11 +520,11 @@ class Agent:
 
     def message_received(self, connection: AgentConnection, message: SpearMessage) -> None:
         kind = message.message_type
-        if kind is MessageType.EXECUTE_REQUEST:
+        if kind is _EXECUTE_REQUEST:
             self._execute(connection, message)
-        elif kind is MessageType.SIGNAL:
+        elif kind is _SIGNAL:
             self._signal(connection, message)
-        elif kind is MessageType.ERROR:
+        elif kind is _ERROR:
             try:
                 error = message.parse_payload()
                 text = f"{error.error_code} {error.message}"  # type: ignore[union-attr]
@@ -512,7 +547,49 @@ class Agent:
             connection.send(SpearMessage.from_error(e))
             return
         assert isinstance(request, ExecuteRequest)
-        started = time.monotonic()
+        started = _monotonic()
+        try:
+            result = self.handler(request)
+        except BaseException as e:
+            # What txaio makes of it: a failed future (a BaseException that is
+            # not an Exception propagates under asyncio, as it did).
+            future = txaio.as_future(_raise, e)
+        else:
+            if type(result) in _IMMEDIATE:
+                # The common case: answered now, nothing to wait for or cancel.
+                self._send_response(
+                    connection, request_id, self._response(request_id, request, result, started)
+                )
+                return
+            future = txaio.as_future(_identity, result)
+        self._await(connection, request_id, request, future, started)
+
+    def _response(
+        self, request_id: int, request: ExecuteRequest, result: Any, started: float
+    ) -> ExecuteResponse:
+        """The response for the handler's ``result`` (a failure for one it may not give)."""
+        try:
+            return response_for(request, result, int((_monotonic() - started) * 1000))
+        except (TypeError, ValueError) as e:
+            self.log.error("Request {request_id}: {error}", request_id=request_id, error=str(e))
+            return failure_response(request, e, int((_monotonic() - started) * 1000))
+
+    def _send_response(self, connection: AgentConnection, request_id: int, response: ExecuteResponse) -> None:
+        if not connection.send(SpearMessage.execute_response(request_id, response)):
+            self.log.warn(
+                "The response to request {request_id} is lost: its connection is gone",
+                request_id=request_id,
+            )
+
+    def _await(
+        self,
+        connection: AgentConnection,
+        request_id: int,
+        request: ExecuteRequest,
+        future: Any,
+        started: float,
+    ) -> None:
+        """Answer once ``future`` (the handler's outcome) settles, or its request times out."""
         state: dict[str, Any] = {"done": False, "timer": None}
 
         def finish(response: ExecuteResponse) -> None:
@@ -521,22 +598,13 @@ class Agent:
             state["done"] = True
             if state["timer"] is not None:
                 state["timer"].cancel()
-            if not connection.send(SpearMessage.execute_response(request_id, response)):
-                self.log.warn(
-                    "The response to request {request_id} is lost: its connection is gone",
-                    request_id=request_id,
-                )
+            self._send_response(connection, request_id, response)
 
         def elapsed() -> int:
-            return int((time.monotonic() - started) * 1000)
+            return int((_monotonic() - started) * 1000)
 
         def succeeded(result: Any) -> None:
-            try:
-                response = response_for(request, result, elapsed())
-            except (TypeError, ValueError) as e:
-                self.log.error("Request {request_id}: {error}", request_id=request_id, error=str(e))
-                response = failure_response(request, e, elapsed())
-            finish(response)
+            finish(self._response(request_id, request, result, started))
 
         def failed(failure: Any) -> None:
             if state["done"]:
@@ -575,7 +643,6 @@ class Agent:
             self.log.info("Request {request_id} cancelled by the spearlet", request_id=request_id)
             txaio.cancel(future)
 
-        future = txaio.as_future(self.handler, request)
         self._running.add(future)
         self._cancellers[request_id] = abandon
         if request.timeout:
@@ -671,6 +738,14 @@ class Agent:
         for waiter in waiters:
             if not txaio.is_called(waiter):
                 txaio.resolve(waiter, status)
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _signal_name(body: SignalMessage) -> str:
