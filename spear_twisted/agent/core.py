@@ -590,71 +590,12 @@ class Agent:
         started: float,
     ) -> None:
         """Answer once ``future`` (the handler's outcome) settles, or its request times out."""
-        state: dict[str, Any] = {"done": False, "timer": None}
-
-        def finish(response: ExecuteResponse) -> None:
-            if state["done"]:
-                return
-            state["done"] = True
-            if state["timer"] is not None:
-                state["timer"].cancel()
-            self._send_response(connection, request_id, response)
-
-        def elapsed() -> int:
-            return int((_monotonic() - started) * 1000)
-
-        def succeeded(result: Any) -> None:
-            finish(self._response(request_id, request, result, started))
-
-        def failed(failure: Any) -> None:
-            if state["done"]:
-                return
-            error = failure.value
-            if not isinstance(error, TaskFailed):
-                self.log.error(
-                    "Handler failed on request {request_id} of {task_id}:\n{traceback}",
-                    request_id=request_id,
-                    task_id=request.task_id,
-                    traceback=txaio.failure_format_traceback(failure),
-                )
-            finish(failure_response(request, error, elapsed()))
-
-        def timed_out() -> None:
-            state["timer"] = None
-            finish(
-                ExecuteResponse(
-                    request.task_id,
-                    ExecutionStatus.TIMEOUT,
-                    None,
-                    f"the handler did not finish within {request.timeout} s",
-                    None,
-                    elapsed(),
-                )
-            )
-            txaio.cancel(future)
-
-        def abandon() -> None:
-            # The spearlet gave up on the request: no answer, the handler cancelled.
-            if state["done"]:
-                return
-            state["done"] = True
-            if state["timer"] is not None:
-                state["timer"].cancel()
-            self.log.info("Request {request_id} cancelled by the spearlet", request_id=request_id)
-            txaio.cancel(future)
-
+        pending = _Pending(self, connection, request_id, request, future, started)
         self._running.add(future)
-        self._cancellers[request_id] = abandon
+        self._cancellers[request_id] = pending.abandon
         if request.timeout:
-            state["timer"] = self.clock.call_later(request.timeout, timed_out)
-
-        def settled(_: Any) -> None:
-            self._running.discard(future)
-            if self._cancellers.get(request_id) is abandon:
-                del self._cancellers[request_id]
-
-        txaio.add_callbacks(future, succeeded, failed)
-        txaio.add_callbacks(future, settled, settled)
+            pending.timer = self.clock.call_later(request.timeout, pending.timed_out)
+        txaio.add_callbacks(future, pending.succeeded, pending.failed)
 
     def _signal(self, connection: AgentConnection, message: SpearMessage) -> None:
         try:
@@ -738,6 +679,98 @@ class Agent:
         for waiter in waiters:
             if not txaio.is_called(waiter):
                 txaio.resolve(waiter, status)
+
+
+class _Pending:
+    """
+    A request whose handler gave a future: answered when the future settles,
+    at its timeout, or never if the spearlet cancels it.  One object with
+    slots per request, its bound methods the callbacks.
+    """
+
+    __slots__ = ("agent", "connection", "done", "future", "request", "request_id", "started", "timer")
+
+    def __init__(
+        self,
+        agent: Agent,
+        connection: AgentConnection,
+        request_id: int,
+        request: ExecuteRequest,
+        future: Any,
+        started: float,
+    ) -> None:
+        self.agent = agent
+        self.connection = connection
+        self.request_id = request_id
+        self.request = request
+        self.future = future
+        self.started = started
+        self.done = False
+        self.timer: Any = None
+
+    def _elapsed(self) -> int:
+        return int((_monotonic() - self.started) * 1000)
+
+    def _finish(self, response: ExecuteResponse) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.agent._send_response(self.connection, self.request_id, response)
+
+    def _settled(self) -> None:
+        agent = self.agent
+        agent._running.discard(self.future)
+        if agent._cancellers.get(self.request_id) == self.abandon:
+            del agent._cancellers[self.request_id]
+
+    def succeeded(self, result: Any) -> None:
+        try:
+            self._finish(self.agent._response(self.request_id, self.request, result, self.started))
+        finally:
+            self._settled()
+
+    def failed(self, failure: Any) -> None:
+        try:
+            if self.done:
+                return
+            error = failure.value
+            if not isinstance(error, TaskFailed):
+                self.agent.log.error(
+                    "Handler failed on request {request_id} of {task_id}:\n{traceback}",
+                    request_id=self.request_id,
+                    task_id=self.request.task_id,
+                    traceback=txaio.failure_format_traceback(failure),
+                )
+            self._finish(failure_response(self.request, error, self._elapsed()))
+        finally:
+            self._settled()
+
+    def timed_out(self) -> None:
+        self.timer = None
+        request = self.request
+        self._finish(
+            ExecuteResponse(
+                request.task_id,
+                ExecutionStatus.TIMEOUT,
+                None,
+                f"the handler did not finish within {request.timeout} s",
+                None,
+                self._elapsed(),
+            )
+        )
+        txaio.cancel(self.future)
+
+    def abandon(self) -> None:
+        """The spearlet gave up on the request: no answer, the handler cancelled."""
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.agent.log.info("Request {request_id} cancelled by the spearlet", request_id=self.request_id)
+        txaio.cancel(self.future)
 
 
 def _raise(error: BaseException) -> None:
