@@ -381,13 +381,19 @@ class ConnectionTests(TestCase):
         self.assertEqual(spearlet.channel.last_connection_error, "invalid token")
 
     @defer.inlineCallbacks
-    def test_heartbeats_are_sent_in_silence(self) -> Generator[Deferred[Any], Any, None]:
+    def connected_on_a_clock(self) -> Generator[Deferred[Any], Any, tuple[Spearlet, ClockReactor, Agent]]:
+        """A spearlet and an authenticated agent (``forms``, heartbeats every 5 s) whose time is a Clock."""
         spearlet = Spearlet(self)
         yield spearlet.listen()
         clock = ClockReactor()
         agent = serve(self, forms(real_reactor), spearlet.config(heartbeat_interval=5), reactor=clock)
         yield spearlet.channel.when_connected()
         yield wait_until(lambda: agent.connections == 1, "the agent reading its AuthResponse")
+        return spearlet, clock, agent
+
+    @defer.inlineCallbacks
+    def test_heartbeats_are_sent_in_silence(self) -> Generator[Deferred[Any], Any, None]:
+        spearlet, clock, _ = yield self.connected_on_a_clock()
         connection = spearlet.channel.connection
         assert connection is not None and connection.session is not None
         session = connection.session
@@ -400,12 +406,7 @@ class ConnectionTests(TestCase):
     def test_traffic_postpones_heartbeats_and_the_one_timer_follows(
         self,
     ) -> Generator[Deferred[Any], Any, None]:
-        spearlet = Spearlet(self)
-        yield spearlet.listen()
-        clock = ClockReactor()
-        agent = serve(self, forms(real_reactor), spearlet.config(heartbeat_interval=5), reactor=clock)
-        yield spearlet.channel.when_connected()
-        yield wait_until(lambda: agent.connections == 1, "the agent reading its AuthResponse")
+        spearlet, clock, _ = yield self.connected_on_a_clock()
         connection = spearlet.channel.connection
         assert connection is not None and connection.session is not None
         session = connection.session
@@ -423,12 +424,7 @@ class ConnectionTests(TestCase):
 
     @defer.inlineCallbacks
     def test_an_immediate_answer_arms_no_timer(self) -> Generator[Deferred[Any], Any, None]:
-        spearlet = Spearlet(self)
-        yield spearlet.listen()
-        clock = ClockReactor()
-        agent = serve(self, forms(real_reactor), spearlet.config(heartbeat_interval=5), reactor=clock)
-        yield spearlet.channel.when_connected()
-        yield wait_until(lambda: agent.connections == 1, "the agent reading its AuthResponse")
+        spearlet, clock, agent = yield self.connected_on_a_clock()
         armed: list[float] = []
         call_later = clock.callLater
 

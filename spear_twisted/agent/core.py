@@ -562,7 +562,7 @@ class Agent:
                 )
                 return
             future = txaio.as_future(_identity, result)
-        self._await(connection, request_id, request, future, started)
+        _Pending(self, connection, request_id, request, future, started).start()
 
     def _response(
         self, request_id: int, request: ExecuteRequest, result: Any, started: float
@@ -580,22 +580,6 @@ class Agent:
                 "The response to request {request_id} is lost: its connection is gone",
                 request_id=request_id,
             )
-
-    def _await(
-        self,
-        connection: AgentConnection,
-        request_id: int,
-        request: ExecuteRequest,
-        future: Any,
-        started: float,
-    ) -> None:
-        """Answer once ``future`` (the handler's outcome) settles, or its request times out."""
-        pending = _Pending(self, connection, request_id, request, future, started)
-        self._running.add(future)
-        self._cancellers[request_id] = pending.abandon
-        if request.timeout:
-            pending.timer = self.clock.call_later(request.timeout, pending.timed_out)
-        txaio.add_callbacks(future, pending.succeeded, pending.failed)
 
     def _signal(self, connection: AgentConnection, message: SpearMessage) -> None:
         try:
@@ -707,6 +691,15 @@ class _Pending:
         self.started = started
         self.done = False
         self.timer: Any = None
+
+    def start(self) -> None:
+        """Follow the future: running, cancellable, timed out at the request's timeout."""
+        agent = self.agent
+        agent._running.add(self.future)
+        agent._cancellers[self.request_id] = self.abandon
+        if self.request.timeout:
+            self.timer = agent.clock.call_later(self.request.timeout, self.timed_out)
+        txaio.add_callbacks(self.future, self.succeeded, self.failed)
 
     def _elapsed(self) -> int:
         return int((_monotonic() - self.started) * 1000)
