@@ -19,9 +19,9 @@ agent side), that answers each ``ExecuteRequest`` with an
 ``ExecuteResponse`` (each frame and its envelope are decoded strictly, as
 every message is; the body is left to handlers, which this benchmark does not
 measure).  An info row under each 200 B row puts the agent SDK (under
-Twisted, a handler returning the same response) in the agent process
-instead: what a real agent costs, body decoding and handler machinery
-included.
+Twisted, or asyncio with ``--sdk-framework asyncio``; a handler returning
+the same response) in the agent process instead: what a real agent costs,
+body decoding and handler machinery included.
 
 *Baseline*: another process runs a bare ``Int32StringReceiver`` echo server;
 this process sends a frame body of the same size as our request's frame
@@ -45,7 +45,7 @@ Prints a table: case, baseline, ours, ratio (ours/baseline rate; higher is
 better), target.  No pass/fail: figures, not assertions.
 
 Run: ``python bench/bench_channels.py [--quick] [--transport unix|tcp]
-[--connections N] [--small-only] [--no-sdk]``
+[--connections N] [--small-only] [--no-sdk] [--sdk-framework twisted|asyncio]``
 """
 
 from __future__ import annotations
@@ -194,29 +194,81 @@ def sdk_agents(
     import txaio
 
     txaio.use_twisted()
-    from spear_twisted.agent import AgentConfig
     from spear_twisted.agent.tx import start_agent
 
-    agents = []
-    for instance_id, address in addresses:
-        where: dict[str, Any] = {"socket_path": address}
-        if transport == "tcp":
-            host, port = address.rsplit(":", 1)
-            where = {"host": host, "port": int(port)}
-        config = AgentConfig(
-            instance_id=instance_id,
-            secret=secret,
-            transport=transport,
-            max_message_size=max_message_size,
-            max_retries=0,
-            **where,
+    agents = [
+        start_agent(
+            lambda request: _REPLY,
+            _sdk_config(transport, instance_id, address, secret, max_message_size),
+            reactor=reactor,
         )
-        agents.append(start_agent(lambda request: _REPLY, config, reactor=reactor))
+        for instance_id, address in addresses
+    ]
     yield stdin_closed
     finished = [agent.when_finished() for agent in agents]
     for agent in agents:
         agent.terminate("the benchmark is over")
     yield defer.DeferredList(finished, consumeErrors=True)
+
+
+def _sdk_config(transport: str, instance_id: str, address: str, secret: str, max_message_size: int) -> Any:
+    from spear_twisted.agent import AgentConfig
+
+    where: dict[str, Any] = {"socket_path": address}
+    if transport == "tcp":
+        host, port = address.rsplit(":", 1)
+        where = {"host": host, "port": int(port)}
+    return AgentConfig(
+        instance_id=instance_id,
+        secret=secret,
+        transport=transport,
+        max_message_size=max_message_size,
+        max_retries=0,
+        **where,
+    )
+
+
+def sdk_asyncio_child(transport: str) -> None:
+    """
+    The agent process with agents of the agent SDK under asyncio (no
+    Twisted reactor), one per address, answering until stdin closes.
+    """
+    import asyncio
+
+    import txaio
+
+    txaio.use_asyncio()
+    from spear_twisted.agent.aio import start_agent
+
+    secret = os.environ["SPEAR_SECRET"]
+    addresses = json.loads(os.environ["SPEAR_BENCH_ADDRESSES"])
+    max_message_size = int(os.environ["SPEAR_BENCH_MAX_MESSAGE"])
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stdin_closed = loop.create_future()
+
+        class StdinWatch(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not stdin_closed.done():
+                    stdin_closed.set_result(None)
+
+        await loop.connect_read_pipe(StdinWatch, sys.stdin)
+        agents = [
+            start_agent(
+                lambda request: _REPLY,
+                _sdk_config(transport, instance_id, address, secret, max_message_size),
+                loop=loop,
+            )
+            for instance_id, address in addresses
+        ]
+        await stdin_closed
+        finished = [agent.when_finished() for agent in agents]
+        for agent in agents:
+            agent.terminate("the benchmark is over")
+        await asyncio.gather(*finished, return_exceptions=True)
+
+    asyncio.run(serve())
 
 
 class BareEcho(Int32StringReceiver):
@@ -530,7 +582,7 @@ def run_all(
     transports: list[str],
     connection_counts: list[int],
     small_only: bool,
-    sdk_rows: bool,
+    sdk_agent: str | None,
 ) -> Generator[Deferred[Any], Any, None]:
     fast = {"warmup": 0.2, "duration": 0.75} if quick else {"warmup": 0.5, "duration": 1.5}
     rounds = 1 if quick else 3
@@ -568,8 +620,10 @@ def run_all(
                     (yield bare_echo(reactor, transport, connections, len(small) - 4, fast))
                 )
                 runs["ours"].append((yield ours(reactor, transport, connections, 200, fast)))
-                if sdk_rows:
-                    runs["sdk"].append((yield ours(reactor, transport, connections, 200, fast, agent="sdk")))
+                if sdk_agent is not None:
+                    runs["sdk"].append(
+                        (yield ours(reactor, transport, connections, 200, fast, agent=sdk_agent))
+                    )
             base = statistics.median(run[0] for run in runs["baseline"])
             case = f"{transport} 200 B, {connections} conn{'s' if connections > 1 else ''}"
             for kind in ("ours", "sdk"):
@@ -577,7 +631,9 @@ def run_all(
                     continue
                 mine = statistics.median(run[0] for run in runs[kind])
                 _row(
-                    case if kind == "ours" else f"{'':<6}agent SDK as the agent",
+                    case
+                    if kind == "ours"
+                    else f"{'':<6}agent SDK as the agent{' (asyncio)' if sdk_agent == 'sdk-asyncio' else ''}",
                     f"{base:,.0f} rt/s" if kind == "ours" else "",
                     f"{mine:,.0f} rt/s",
                     f"{mine / base:.2f}x",
@@ -651,11 +707,20 @@ def main() -> None:
     parser.add_argument(
         "--no-sdk", action="store_true", help="without the rows of the agent SDK as the agent"
     )
+    parser.add_argument(
+        "--sdk-framework",
+        choices=("twisted", "asyncio"),
+        default="twisted",
+        help="the agent SDK's framework in its rows (default twisted)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        _log_warnings_to_stderr()
         role, transport, *rest = options.child
+        if role == "agent" and rest[0] == "sdk-asyncio":
+            sdk_asyncio_child(transport)
+            return
+        _log_warnings_to_stderr()
         if role == "agent":
             task.react(agent_child, [transport, rest[0]])
         else:
@@ -669,7 +734,7 @@ def main() -> None:
                 options.transport or ["unix", "tcp"],
                 options.connections or [1, 100],
                 options.small_only,
-                not options.no_sdk,
+                None if options.no_sdk else ("sdk" if options.sdk_framework == "twisted" else "sdk-asyncio"),
             ],
         )
     finally:

@@ -381,13 +381,19 @@ class ConnectionTests(TestCase):
         self.assertEqual(spearlet.channel.last_connection_error, "invalid token")
 
     @defer.inlineCallbacks
-    def test_heartbeats_are_sent_in_silence(self) -> Generator[Deferred[Any], Any, None]:
+    def connected_on_a_clock(self) -> Generator[Deferred[Any], Any, tuple[Spearlet, ClockReactor, Agent]]:
+        """A spearlet and an authenticated agent (``forms``, heartbeats every 5 s) whose time is a Clock."""
         spearlet = Spearlet(self)
         yield spearlet.listen()
         clock = ClockReactor()
         agent = serve(self, forms(real_reactor), spearlet.config(heartbeat_interval=5), reactor=clock)
         yield spearlet.channel.when_connected()
         yield wait_until(lambda: agent.connections == 1, "the agent reading its AuthResponse")
+        return spearlet, clock, agent
+
+    @defer.inlineCallbacks
+    def test_heartbeats_are_sent_in_silence(self) -> Generator[Deferred[Any], Any, None]:
+        spearlet, clock, _ = yield self.connected_on_a_clock()
         connection = spearlet.channel.connection
         assert connection is not None and connection.session is not None
         session = connection.session
@@ -395,6 +401,48 @@ class ConnectionTests(TestCase):
         yield wait_until(lambda: session.heartbeats_received == 1, "a heartbeat")
         clock.advance(5)
         yield wait_until(lambda: session.heartbeats_received == 2, "a second heartbeat")
+
+    @defer.inlineCallbacks
+    def test_traffic_postpones_heartbeats_and_the_one_timer_follows(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        spearlet, clock, _ = yield self.connected_on_a_clock()
+        connection = spearlet.channel.connection
+        assert connection is not None and connection.session is not None
+        session = connection.session
+        clock.advance(3)
+        response = yield spearlet.execute("str", "x")
+        self.assertEqual(response.output, "text x")
+        # The timer armed before the request fires at the old deadline (5 s),
+        # finds nothing due (the response was sent at 3 s) and re-arms.
+        clock.advance(3)
+        yield turns()
+        self.assertEqual(session.heartbeats_received, 0)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(2)
+        yield wait_until(lambda: session.heartbeats_received == 1, "a heartbeat 5 s after the response")
+
+    @defer.inlineCallbacks
+    def test_an_immediate_answer_arms_no_timer(self) -> Generator[Deferred[Any], Any, None]:
+        spearlet, clock, agent = yield self.connected_on_a_clock()
+        armed: list[float] = []
+        call_later = clock.callLater
+
+        def counting(delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+            armed.append(delay)
+            return call_later(delay, f, *args, **kw)
+
+        clock.callLater = counting  # type: ignore[method-assign]
+        for command in ("str", "bytes", "none", "response"):
+            response = yield spearlet.execute(command, timeout=30)
+            self.assertEqual(response.status, ExecutionStatus.COMPLETED, command)
+        # No request timeout timer, no re-arming of the connection's timer.
+        self.assertEqual(armed, [])
+        self.assertFalse(agent.busy)
+        # A Deferred is waited for, with its request's timeout.
+        response = yield spearlet.execute("deferred", timeout=30)
+        self.assertEqual(response.output, "later")
+        self.assertEqual(armed, [30])
 
     @defer.inlineCallbacks
     def test_a_socket_authenticated_before_twisted_is_adopted(self) -> Generator[Deferred[Any], Any, None]:

@@ -58,6 +58,7 @@ from spear_twisted.wire import (
     Timestamp,
     Violation,
 )
+from spear_twisted.wire.codec import decode_message
 from spear_twisted.wire.session import AuthFailed
 
 # txaio's functions are bound when its framework is chosen: untyped.
@@ -75,6 +76,19 @@ SignalHook = Callable[[SignalMessage], Any]
 CANCEL = SignalType.custom("cancel")
 
 _I32 = (-(2**31), 2**31 - 1)
+
+# An enum's members are slow to reach through the class (its metaclass has a
+# __getattr__): the per-message paths use these aliases.
+_ACTIVE = SessionState.ACTIVE
+_CLOSED = SessionState.CLOSED
+_EXECUTE_REQUEST = MessageType.EXECUTE_REQUEST
+_SIGNAL = MessageType.SIGNAL
+_ERROR = MessageType.ERROR
+_monotonic = time.monotonic
+
+# The results a handler gives at once (not a Deferred, future or coroutine):
+# answered in the same call, with no future, callbacks or timeout timer.
+_IMMEDIATE = frozenset({str, bytes, type(None), ExecuteResponse})
 
 # Refusals before authentication that may pass on a later attempt.
 _RETRYABLE = frozenset(
@@ -174,6 +188,8 @@ class AgentConnection:
         self.was_authenticated = False
         self._decoder = FrameDecoder(agent.config.max_message_size)
         self._timer: Any = None
+        # When ``_timer`` fires, on the clock's time.
+        self._timer_at = 0.0
 
     @property
     def authenticated(self) -> bool:
@@ -200,39 +216,45 @@ class AgentConnection:
             return
         session = self.session
         assert session is not None
+        moved = False
         for body in self._decoder.feed(data):
-            if self.closed or session.state is SessionState.CLOSED:
+            if self.closed or session.state is _CLOSED:
                 return
             try:
-                message = SpearMessage.deserialize(body)
+                message = decode_message(body)
             except DecodeError as e:
                 self._fail(e)
                 return
-            self._message(session, message)
+            moved = self._message(session, message) or moved
         if self._decoder.error is not None:
             self._fail(self._decoder.error)
-        self._schedule()
+        if moved or self.closed or session.state is not _ACTIVE:
+            self._schedule()
 
     def message_received(self, message: SpearMessage) -> None:
         """A whole message arrived (a transport that carries messages, not bytes)."""
         session = self.session
-        if self.closed or session is None or session.state is SessionState.CLOSED:
+        if self.closed or session is None or session.state is _CLOSED:
             return
-        self._message(session, message)
-        self._schedule()
+        if self._message(session, message) or self.closed or session.state is not _ACTIVE:
+            self._schedule()
 
     def protocol_error(self, error: SpearError) -> None:
         """The transport could not read what arrived: tell the spearlet with an ``Error``, then close."""
         if not self.closed:
             self._fail(error)
 
-    def _message(self, session: Session, message: SpearMessage) -> None:
+    def _message(self, session: Session, message: SpearMessage) -> bool:
+        """Handle ``message``; whether the session's deadlines may have moved earlier."""
         now = self.agent.clock.seconds()
         if session.accept_application(message, now):
+            # An application message on an active session only moves the
+            # deadlines later: the timer, if early, re-arms when it fires.
             self.agent.message_received(self, message)
-            return
+            return False
         for event in session.receive(message, now):
             self._handle(event)
+        return True
 
     def connection_lost(self, reason: str) -> None:
         if self.closed:
@@ -310,16 +332,29 @@ class AgentConnection:
         # HeartbeatReceived: the session has noted it; nothing else to do.
 
     def _schedule(self) -> None:
-        """Keep one timer at the session's next deadline."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """
+        Keep one timer at or before the session's next deadline.  Traffic only
+        moves deadlines later, so a timer that is due no later than the
+        deadline is kept: firing early is harmless (``_deadline`` polls and
+        re-arms), and re-arming on every message is not free.
+        """
+        timer = self._timer
         if self.closed or self.session is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
             return
         deadline = self.session.next_deadline()
+        if timer is not None:
+            if deadline is not None and self._timer_at <= deadline:
+                return
+            timer.cancel()
+            self._timer = None
         if deadline is not None:
             clock = self.agent.clock
-            self._timer = clock.call_later(max(0.0, deadline - clock.seconds()), self._deadline)
+            now = clock.seconds()
+            self._timer_at = max(now, deadline)
+            self._timer = clock.call_later(max(0.0, deadline - now), self._deadline)
 
     def _deadline(self) -> None:
         self._timer = None
@@ -485,11 +520,11 @@ class Agent:
 
     def message_received(self, connection: AgentConnection, message: SpearMessage) -> None:
         kind = message.message_type
-        if kind is MessageType.EXECUTE_REQUEST:
+        if kind is _EXECUTE_REQUEST:
             self._execute(connection, message)
-        elif kind is MessageType.SIGNAL:
+        elif kind is _SIGNAL:
             self._signal(connection, message)
-        elif kind is MessageType.ERROR:
+        elif kind is _ERROR:
             try:
                 error = message.parse_payload()
                 text = f"{error.error_code} {error.message}"  # type: ignore[union-attr]
@@ -512,82 +547,39 @@ class Agent:
             connection.send(SpearMessage.from_error(e))
             return
         assert isinstance(request, ExecuteRequest)
-        started = time.monotonic()
-        state: dict[str, Any] = {"done": False, "timer": None}
-
-        def finish(response: ExecuteResponse) -> None:
-            if state["done"]:
+        started = _monotonic()
+        try:
+            result = self.handler(request)
+        except BaseException as e:
+            # What txaio makes of it: a failed future (a BaseException that is
+            # not an Exception propagates under asyncio, as it did).
+            future = txaio.as_future(_raise, e)
+        else:
+            if type(result) in _IMMEDIATE:
+                # The common case: answered now, nothing to wait for or cancel.
+                self._send_response(
+                    connection, request_id, self._response(request_id, request, result, started)
+                )
                 return
-            state["done"] = True
-            if state["timer"] is not None:
-                state["timer"].cancel()
-            if not connection.send(SpearMessage.execute_response(request_id, response)):
-                self.log.warn(
-                    "The response to request {request_id} is lost: its connection is gone",
-                    request_id=request_id,
-                )
+            future = txaio.as_future(_identity, result)
+        _Pending(self, connection, request_id, request, future, started).start()
 
-        def elapsed() -> int:
-            return int((time.monotonic() - started) * 1000)
+    def _response(
+        self, request_id: int, request: ExecuteRequest, result: Any, started: float
+    ) -> ExecuteResponse:
+        """The response for the handler's ``result`` (a failure for one it may not give)."""
+        try:
+            return response_for(request, result, int((_monotonic() - started) * 1000))
+        except (TypeError, ValueError) as e:
+            self.log.error("Request {request_id}: {error}", request_id=request_id, error=str(e))
+            return failure_response(request, e, int((_monotonic() - started) * 1000))
 
-        def succeeded(result: Any) -> None:
-            try:
-                response = response_for(request, result, elapsed())
-            except (TypeError, ValueError) as e:
-                self.log.error("Request {request_id}: {error}", request_id=request_id, error=str(e))
-                response = failure_response(request, e, elapsed())
-            finish(response)
-
-        def failed(failure: Any) -> None:
-            if state["done"]:
-                return
-            error = failure.value
-            if not isinstance(error, TaskFailed):
-                self.log.error(
-                    "Handler failed on request {request_id} of {task_id}:\n{traceback}",
-                    request_id=request_id,
-                    task_id=request.task_id,
-                    traceback=txaio.failure_format_traceback(failure),
-                )
-            finish(failure_response(request, error, elapsed()))
-
-        def timed_out() -> None:
-            state["timer"] = None
-            finish(
-                ExecuteResponse(
-                    request.task_id,
-                    ExecutionStatus.TIMEOUT,
-                    None,
-                    f"the handler did not finish within {request.timeout} s",
-                    None,
-                    elapsed(),
-                )
+    def _send_response(self, connection: AgentConnection, request_id: int, response: ExecuteResponse) -> None:
+        if not connection.send(SpearMessage.execute_response(request_id, response)):
+            self.log.warn(
+                "The response to request {request_id} is lost: its connection is gone",
+                request_id=request_id,
             )
-            txaio.cancel(future)
-
-        def abandon() -> None:
-            # The spearlet gave up on the request: no answer, the handler cancelled.
-            if state["done"]:
-                return
-            state["done"] = True
-            if state["timer"] is not None:
-                state["timer"].cancel()
-            self.log.info("Request {request_id} cancelled by the spearlet", request_id=request_id)
-            txaio.cancel(future)
-
-        future = txaio.as_future(self.handler, request)
-        self._running.add(future)
-        self._cancellers[request_id] = abandon
-        if request.timeout:
-            state["timer"] = self.clock.call_later(request.timeout, timed_out)
-
-        def settled(_: Any) -> None:
-            self._running.discard(future)
-            if self._cancellers.get(request_id) is abandon:
-                del self._cancellers[request_id]
-
-        txaio.add_callbacks(future, succeeded, failed)
-        txaio.add_callbacks(future, settled, settled)
 
     def _signal(self, connection: AgentConnection, message: SpearMessage) -> None:
         try:
@@ -671,6 +663,115 @@ class Agent:
         for waiter in waiters:
             if not txaio.is_called(waiter):
                 txaio.resolve(waiter, status)
+
+
+class _Pending:
+    """
+    A request whose handler gave a future: answered when the future settles,
+    at its timeout, or never if the spearlet cancels it.  One object with
+    slots per request, its bound methods the callbacks.
+    """
+
+    __slots__ = ("agent", "connection", "done", "future", "request", "request_id", "started", "timer")
+
+    def __init__(
+        self,
+        agent: Agent,
+        connection: AgentConnection,
+        request_id: int,
+        request: ExecuteRequest,
+        future: Any,
+        started: float,
+    ) -> None:
+        self.agent = agent
+        self.connection = connection
+        self.request_id = request_id
+        self.request = request
+        self.future = future
+        self.started = started
+        self.done = False
+        self.timer: Any = None
+
+    def start(self) -> None:
+        """Follow the future: running, cancellable, timed out at the request's timeout."""
+        agent = self.agent
+        agent._running.add(self.future)
+        agent._cancellers[self.request_id] = self.abandon
+        if self.request.timeout:
+            self.timer = agent.clock.call_later(self.request.timeout, self.timed_out)
+        txaio.add_callbacks(self.future, self.succeeded, self.failed)
+
+    def _elapsed(self) -> int:
+        return int((_monotonic() - self.started) * 1000)
+
+    def _finish(self, response: ExecuteResponse) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.agent._send_response(self.connection, self.request_id, response)
+
+    def _settled(self) -> None:
+        agent = self.agent
+        agent._running.discard(self.future)
+        if agent._cancellers.get(self.request_id) == self.abandon:
+            del agent._cancellers[self.request_id]
+
+    def succeeded(self, result: Any) -> None:
+        try:
+            self._finish(self.agent._response(self.request_id, self.request, result, self.started))
+        finally:
+            self._settled()
+
+    def failed(self, failure: Any) -> None:
+        try:
+            if self.done:
+                return
+            error = failure.value
+            if not isinstance(error, TaskFailed):
+                self.agent.log.error(
+                    "Handler failed on request {request_id} of {task_id}:\n{traceback}",
+                    request_id=self.request_id,
+                    task_id=self.request.task_id,
+                    traceback=txaio.failure_format_traceback(failure),
+                )
+            self._finish(failure_response(self.request, error, self._elapsed()))
+        finally:
+            self._settled()
+
+    def timed_out(self) -> None:
+        self.timer = None
+        request = self.request
+        self._finish(
+            ExecuteResponse(
+                request.task_id,
+                ExecutionStatus.TIMEOUT,
+                None,
+                f"the handler did not finish within {request.timeout} s",
+                None,
+                self._elapsed(),
+            )
+        )
+        txaio.cancel(self.future)
+
+    def abandon(self) -> None:
+        """The spearlet gave up on the request: no answer, the handler cancelled."""
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.agent.log.info("Request {request_id} cancelled by the spearlet", request_id=self.request_id)
+        txaio.cancel(self.future)
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _signal_name(body: SignalMessage) -> str:
