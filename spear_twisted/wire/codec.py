@@ -34,10 +34,18 @@ from spear_twisted.wire.messages import (
     BODY_TYPES,
     AnySignal,
     CloseMessage,
+    ConnectionStatus,
     CustomSignal,
+    ExecuteRequest,
+    ExecuteResponse,
+    ExecutionMode,
+    ExecutionStatus,
     FloatKind,
+    HeartbeatMessage,
     IntRange,
     MessageType,
+    ResourceUsage,
+    SignalMessage,
     SignalType,
     SpearMessage,
     _make_message,
@@ -747,6 +755,10 @@ def decode_body(message_type: MessageType, payload: bytes, *, request_id: int | 
     The typed body of a ``message_type`` message from its payload bytes.
 
     An empty ``ConnectionClose`` payload reads as ``CloseMessage(None)``.
+    The hot bodies (execute requests and responses, heartbeats, signals) in
+    the shape every writer produces take a fast path that accepts and
+    builds exactly what the general reader does; anything else, and every
+    error, is the general reader's.
 
     :raises InvalidJson, InvalidMessage: with ``request_id`` set and every
         path under ``payload``.
@@ -755,6 +767,21 @@ def decode_body(message_type: MessageType, payload: bytes, *, request_id: int | 
         if message_type is MessageType.CONNECTION_CLOSE:
             return CloseMessage(None)
         raise InvalidJson(f"payload: empty, expected a {message_type.value} body", request_id=request_id)
+    fast = _BODY_FAST_PATHS.get(message_type)
+    if fast is not None and type(payload) is bytes:
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass  # the general reader below explains what is wrong
+        else:
+            body = fast(value, payload)
+            if body is not None:
+                return body
+    return _decode_body_generally(message_type, payload, request_id)
+
+
+def _decode_body_generally(message_type: MessageType, payload: bytes, request_id: int | None) -> Any:
+    """A non-empty payload through the general reader (the reference the fast paths agree with)."""
     try:
         return _parse(payload, BODY_TYPES[message_type], "payload")
     except InvalidMessage as e:
@@ -979,3 +1006,299 @@ def _readable_request_id(data: bytes) -> int | None:
         if type(request_id) is int and 0 <= request_id < 2**64:
             return request_id
     return None
+
+
+# -- the hot bodies' fast paths ---------------------------------------------------------
+#
+# Like the envelope's: ``value`` is the payload as orjson parsed it (which
+# already refused invalid UTF-8, lone surrogates, a BOM, non-finite numbers,
+# out-of-range integers and trailing data).  A fast path returns the body only
+# when ``value`` has exactly the shape every writer produces (each key present
+# once, nothing unknown) with valid values, and proves on the text what
+# orjson does not check; anything else returns ``None`` and the general
+# reader decides, and explains.  Every accepted shape is at most three levels
+# deep, well within serde's depth limit, once duplicate keys are ruled out.
+
+_EXECUTION_MODES = {member.value: member for member in ExecutionMode}
+_EXECUTION_STATUSES = {member.value: member for member in ExecutionStatus}
+_CONNECTION_STATUSES = {member.value: member for member in ConnectionStatus}
+_SIGNAL_TYPES = {member.value: member for member in SignalType}
+_I32_LOW, _I32_HIGH = -(2**31), 2**31 - 1
+_new = object.__new__
+_RESOURCE_KEYS = tuple(field.name for field in attrs.fields(ResourceUsage))
+
+
+def _unchecked_maker(cls: type[T]) -> Callable[..., T]:
+    """Build a ``cls`` from checked values of its fields, in order, without its validators."""
+    setters = tuple(cls.__dict__[field.name].__set__ for field in attrs.fields(cls))  # type: ignore[arg-type]
+
+    def make(*values: Any) -> T:
+        instance: T = _new(cls)
+        for setter, item in zip(setters, values, strict=True):
+            setter(instance, item)
+        return instance
+
+    return make
+
+
+_set_request_fields = tuple(
+    ExecuteRequest.__dict__[field.name].__set__ for field in attrs.fields(ExecuteRequest)
+)
+_set_response_fields = tuple(
+    ExecuteResponse.__dict__[field.name].__set__ for field in attrs.fields(ExecuteResponse)
+)
+
+
+def _make_execute_request(*values: Any) -> ExecuteRequest:
+    # The two hottest bodies are built with the setters called one by one:
+    # a third faster than a loop over them.
+    request: ExecuteRequest = _new(ExecuteRequest)
+    set0, set1, set2, set3, set4, set5, set6, set7 = _set_request_fields
+    set0(request, values[0])
+    set1(request, values[1])
+    set2(request, values[2])
+    set3(request, values[3])
+    set4(request, values[4])
+    set5(request, values[5])
+    set6(request, values[6])
+    set7(request, values[7])
+    return request
+
+
+def _make_execute_response(*values: Any) -> ExecuteResponse:
+    response: ExecuteResponse = _new(ExecuteResponse)
+    set0, set1, set2, set3, set4, set5, set6 = _set_response_fields
+    set0(response, values[0])
+    set1(response, values[1])
+    set2(response, values[2])
+    set3(response, values[3])
+    set4(response, values[4])
+    set5(response, values[5])
+    set6(response, values[6])
+    return response
+
+
+_make_resource_usage = _unchecked_maker(ResourceUsage)
+_make_heartbeat = _unchecked_maker(HeartbeatMessage)
+_make_signal = _unchecked_maker(SignalMessage)
+
+
+def _no_duplicates(data: bytes, members: int, strings: Callable[[], int]) -> bool:
+    """
+    Whether the text ``data`` had no duplicate keys, given that its parsed
+    value holds ``members`` object members and ``strings()`` colons inside
+    its strings (keys included).
+
+    Every colon of the text separates a member or sits in a string, and a
+    dropped duplicate takes its member and its strings away from the value,
+    never adding any: equal counts prove nothing was dropped.  The escape
+    ``\\u003a`` spells a colon the text count misses, but only in a string:
+    the first comparison (no colon in any string) holds regardless.
+    """
+    colons = data.count(b":")
+    if colons == members:
+        return True
+    return b"\\u003" not in data and colons == members + strings()
+
+
+def _fast_bytes(data: bytes, items: Any, key: bytes) -> bytes | None:
+    """
+    The bytes of the byte array ``items``, the value of the member ``key``
+    (its JSON text with the quotes and colon: ``b'"data":'``) of the root
+    object of ``data``, when that text has no duplicate keys.
+
+    ``bytearray`` takes ``true`` and ``false`` as 1 and 0, so the array's text
+    must have none: writers put the byte array last, so the last ``[`` of the
+    text, right after ``key``, opens it, and no ``e`` (which a number never
+    has) from there on proves it.  That ``[`` is not in a string: the ``"``
+    before the colon ends a string (a letter cannot precede an opening one),
+    so it ends a key spelled ``key``'s way, and only the root's own key may be
+    followed by an array.  Otherwise the elements are looked at.
+    """
+    if type(items) is not list:
+        return None
+    try:
+        made = bytes(bytearray(items))
+    except (TypeError, ValueError):
+        return None
+    if items:
+        start = data.rfind(b"[")
+        if (data.find(b"e", start) >= 0 or not data.endswith(key, 0, start)) and _has_booleans(items):
+            return None
+    return made
+
+
+def _is_u64_or_none(item: Any) -> bool:
+    return item is None or (type(item) is int and 0 <= item <= _U64_MAX)
+
+
+def _is_str_or_none(item: Any) -> bool:
+    return item is None or type(item) is str
+
+
+def _colons_in(*texts: str | None) -> int:
+    return sum(text.count(":") for text in texts if text is not None)
+
+
+def _execute_request_fast(value: Any, data: bytes) -> ExecuteRequest | None:
+    """An ``ExecuteRequest`` of the usual shape (see above), or ``None``."""
+    if type(value) is not dict or len(value) != 8:
+        return None
+    try:
+        task_id = value["task_id"]
+        command = value["command"]
+        args = value["args"]
+        env = value["env"]
+        working_dir = value["working_dir"]
+        timeout = value["timeout"]
+        mode = _EXECUTION_MODES.get(value["mode"])
+        input_data = value["input_data"]
+    except (KeyError, TypeError):  # a missing key; an unhashable mode
+        return None
+    if (
+        type(task_id) is not str
+        or type(command) is not str
+        or type(args) is not list
+        or type(env) is not dict
+        or not _is_str_or_none(working_dir)
+        or not _is_u64_or_none(timeout)
+        or mode is None
+    ):
+        return None
+    for arg in args:
+        if type(arg) is not str:
+            return None
+    for item in env.values():
+        if type(item) is not str:
+            return None
+    if input_data is not None:
+        input_data = _fast_bytes(data, input_data, b'"input_data":')
+        if input_data is None:
+            return None
+
+    def strings() -> int:
+        return _colons_in(task_id, command, working_dir, *args, *env, *env.values())
+
+    if not _no_duplicates(data, 8 + len(env), strings):
+        return None
+    return _make_execute_request(task_id, command, tuple(args), env, working_dir, timeout, mode, input_data)
+
+
+def _resource_usage_fast(value: Any) -> ResourceUsage | None:
+    if type(value) is not dict or len(value) != 6:
+        return None
+    try:
+        cpu, *figures = (value[key] for key in _RESOURCE_KEYS)
+    except KeyError:
+        return None
+    cpu_type = type(cpu)
+    if cpu_type is int:
+        cpu = float(cpu)
+    elif cpu is not None and cpu_type is not float:
+        return None
+    for figure in figures:
+        if not _is_u64_or_none(figure):
+            return None
+    return _make_resource_usage(cpu, *figures)
+
+
+def _execute_response_fast(value: Any, data: bytes) -> ExecuteResponse | None:
+    """An ``ExecuteResponse`` of the usual shape (see above), or ``None``."""
+    if type(value) is not dict or len(value) != 7:
+        return None
+    try:
+        task_id = value["task_id"]
+        status = _EXECUTION_STATUSES.get(value["status"])
+        output = value["output"]
+        error = value["error"]
+        exit_code = value["exit_code"]
+        duration_ms = value["duration_ms"]
+        usage = value["resource_usage"]
+    except (KeyError, TypeError):
+        return None
+    if (
+        type(task_id) is not str
+        or status is None
+        or not _is_str_or_none(output)
+        or not _is_str_or_none(error)
+        or not (exit_code is None or (type(exit_code) is int and _I32_LOW <= exit_code <= _I32_HIGH))
+        or not _is_u64_or_none(duration_ms)
+    ):
+        return None
+    members = 7
+    if usage is not None:
+        usage = _resource_usage_fast(usage)
+        if usage is None:
+            return None
+        members += 6
+    if not _no_duplicates(data, members, lambda: _colons_in(task_id, output, error)):
+        return None
+    return _make_execute_response(task_id, status, output, error, exit_code, duration_ms, usage)
+
+
+def _heartbeat_fast(value: Any, data: bytes) -> HeartbeatMessage | None:
+    """A ``HeartbeatMessage`` of the usual shape (see above), or ``None``."""
+    if type(value) is not dict or len(value) != 3:
+        return None
+    try:
+        timestamp = value["timestamp"]
+        sequence = value["sequence"]
+        status = _CONNECTION_STATUSES.get(value["status"])
+        if type(timestamp) is not dict or len(timestamp) != 2:
+            return None
+        secs = timestamp["secs_since_epoch"]
+        nanos = timestamp["nanos_since_epoch"]
+    except (KeyError, TypeError):
+        return None
+    if (
+        status is None
+        or type(secs) is not int
+        or not 0 <= secs <= _U64_MAX
+        or type(nanos) is not int
+        or not 0 <= nanos < 1_000_000_000
+        or type(sequence) is not int
+        or not 0 <= sequence <= _U64_MAX
+        or data.count(b":") != 5  # no strings but the status name: no colon in strings
+    ):
+        return None
+    return _make_heartbeat(_make_timestamp(secs, nanos), sequence, status)
+
+
+def _signal_fast(value: Any, data: bytes) -> SignalMessage | None:
+    """A ``SignalMessage`` of the usual shape (see above), or ``None``."""
+    if type(value) is not dict or len(value) != 3:
+        return None
+    try:
+        name = value["signal_type"]
+        task_id = value["task_id"]
+        payload = value["data"]
+    except KeyError:
+        return None
+    members = 3
+    signal: AnySignal | None
+    if type(name) is str:
+        signal = _SIGNAL_TYPES.get(name)
+        custom = None
+    elif type(name) is dict and len(name) == 1 and type(name.get("Custom")) is str:
+        custom = name["Custom"]
+        signal = CustomSignal(custom)
+        members += 1
+    else:
+        return None
+    if signal is None or not _is_str_or_none(task_id):
+        return None
+    if payload is not None:
+        payload = _fast_bytes(data, payload, b'"data":')
+        if payload is None:
+            return None
+    if not _no_duplicates(data, members, lambda: _colons_in(custom, task_id)):
+        return None
+    return _make_signal(signal, task_id, payload)
+
+
+_BODY_FAST_PATHS: dict[MessageType, Callable[[Any, bytes], Any]] = {
+    MessageType.EXECUTE_REQUEST: _execute_request_fast,
+    MessageType.EXECUTE_RESPONSE: _execute_response_fast,
+    MessageType.HEARTBEAT: _heartbeat_fast,
+    MessageType.SIGNAL: _signal_fast,
+}
