@@ -9,6 +9,11 @@ For an ExecuteRequest with 200 B, 64 KiB and 1 MiB of ``input_data`` it times
 * baseline: the equivalent plain dicts through ``json.dumps`` / ``json.loads``
   with the same length prefix, in the same run;
 
+the typed body alone: ``parse_payload()`` of an ExecuteRequest (200 B of
+``input_data``) and of an ExecuteResponse, whose fast path is set against the
+general strict reader it agrees with (``codec._decode_body_generally``, the
+path every body took before) in the same run;
+
 and a 64 MiB frame reassembled from 64 KiB pieces by ``FrameDecoder`` against
 collecting the pieces in a list and joining them once.
 
@@ -37,7 +42,17 @@ import sys
 import time
 from collections.abc import Callable
 
-from spear_twisted.wire import ExecuteRequest, ExecutionMode, FrameDecoder, SpearMessage, Timestamp
+from spear_twisted.wire import (
+    ExecuteRequest,
+    ExecuteResponse,
+    ExecutionMode,
+    ExecutionStatus,
+    FrameDecoder,
+    ResourceUsage,
+    SpearMessage,
+    Timestamp,
+    codec,
+)
 
 HEADER = struct.Struct(">I")
 
@@ -190,6 +205,38 @@ def agent_start(script: str, runs: int) -> float:
     return best
 
 
+def body_parses() -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
+    """(label, general reader, parse_payload) for the hot bodies."""
+    request = ExecuteRequest(
+        task_id="task-1",
+        command="process",
+        args=("--fast", "--input", "stdin"),
+        env={"LANG": "C"},
+        timeout=30,
+        mode=ExecutionMode.SYNC,
+        input_data=bytes(range(200)),
+    )
+    response = ExecuteResponse(
+        task_id="task-1",
+        status=ExecutionStatus.COMPLETED,
+        output="processed 200 bytes: ok",
+        exit_code=0,
+        duration_ms=3,
+        resource_usage=ResourceUsage(cpu_percent=12.5, memory_bytes=1 << 20),
+    )
+    cases = []
+    for label, body in (("ExecuteRequest 200 B", request), ("ExecuteResponse", response)):
+        message = SpearMessage.create(42, body)
+        assert message.parse_payload() == body
+
+        def slow(message: SpearMessage = message) -> object:
+            # The strict reader without the fast path.
+            return codec._decode_body_generally(message.message_type, message.payload, message.request_id)
+
+        cases.append((f"parse_payload {label}", slow, message.parse_payload))
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--quick", action="store_true", help="shorter timing runs")
@@ -208,6 +255,10 @@ def main() -> None:
             f"{'ExecuteRequest ' + label + ' enc+dec':<34}{base * 1e6:>10.1f}us{mine * 1e6:>10.1f}us"
             f"{mine / base:>8.2f}{targets[size]:>9}"
         )
+    for label, slow, fast in body_parses():
+        base = best_time(slow, seconds)
+        mine = best_time(fast, seconds)
+        print(f"{label:<34}{base * 1e6:>10.1f}us{mine * 1e6:>10.1f}us{mine / base:>8.2f}{'-':>9}")
     decoder_run, join_run = reassembly(64 * 1024 * 1024, 64 * 1024)
     base = best_time(join_run, seconds)
     mine = best_time(decoder_run, seconds)
