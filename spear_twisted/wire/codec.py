@@ -1028,68 +1028,32 @@ _new = object.__new__
 
 
 def _unchecked_maker(cls: type[T]) -> Callable[..., T]:
-    """Build a ``cls`` from checked values of its fields, in order, without its validators."""
-    setters = tuple(cls.__dict__[field.name].__set__ for field in attrs.fields(cls))  # type: ignore[arg-type]
+    """
+    A function building a ``cls`` from checked values of its fields, in
+    order, without its validators.
 
-    def make(*values: Any) -> T:
-        instance: T = _new(cls)
-        for setter, item in zip(setters, values, strict=True):
-            setter(instance, item)
-        return instance
-
+    Its body calls the slots' setters one by one, written out as
+    ``namedtuple`` and attrs write their methods: a third faster than a loop
+    over the setters, on the path of every execute request and response.
+    """
+    fields = attrs.fields(cls)  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {
+        f"set{index}": cls.__dict__[field.name].__set__ for index, field in enumerate(fields)
+    }
+    namespace.update(new=_new, cls=cls)
+    values = [f"value{index}" for index in range(len(fields))]
+    lines = [f"def make({', '.join(values)}):", "    instance = new(cls)"]
+    lines += [f"    set{index}(instance, {value})" for index, value in enumerate(values)]
+    lines.append("    return instance")
+    exec("\n".join(lines), namespace)
+    make: Callable[..., T] = namespace["make"]
+    make.__qualname__ = f"_make_{cls.__name__}"
     return make
 
 
-_set_request_fields = tuple(
-    ExecuteRequest.__dict__[field.name].__set__ for field in attrs.fields(ExecuteRequest)
-)
-_set_usage_fields = tuple(ResourceUsage.__dict__[field.name].__set__ for field in attrs.fields(ResourceUsage))
-_set_response_fields = tuple(
-    ExecuteResponse.__dict__[field.name].__set__ for field in attrs.fields(ExecuteResponse)
-)
-
-
-def _make_execute_request(*values: Any) -> ExecuteRequest:
-    # The two hottest bodies are built with the setters called one by one:
-    # a third faster than a loop over them.
-    request: ExecuteRequest = _new(ExecuteRequest)
-    set0, set1, set2, set3, set4, set5, set6, set7 = _set_request_fields
-    set0(request, values[0])
-    set1(request, values[1])
-    set2(request, values[2])
-    set3(request, values[3])
-    set4(request, values[4])
-    set5(request, values[5])
-    set6(request, values[6])
-    set7(request, values[7])
-    return request
-
-
-def _make_resource_usage(*values: Any) -> ResourceUsage:
-    usage: ResourceUsage = _new(ResourceUsage)
-    set0, set1, set2, set3, set4, set5 = _set_usage_fields
-    set0(usage, values[0])
-    set1(usage, values[1])
-    set2(usage, values[2])
-    set3(usage, values[3])
-    set4(usage, values[4])
-    set5(usage, values[5])
-    return usage
-
-
-def _make_execute_response(*values: Any) -> ExecuteResponse:
-    response: ExecuteResponse = _new(ExecuteResponse)
-    set0, set1, set2, set3, set4, set5, set6 = _set_response_fields
-    set0(response, values[0])
-    set1(response, values[1])
-    set2(response, values[2])
-    set3(response, values[3])
-    set4(response, values[4])
-    set5(response, values[5])
-    set6(response, values[6])
-    return response
-
-
+_make_execute_request = _unchecked_maker(ExecuteRequest)
+_make_execute_response = _unchecked_maker(ExecuteResponse)
+_make_resource_usage = _unchecked_maker(ResourceUsage)
 _make_heartbeat = _unchecked_maker(HeartbeatMessage)
 _make_signal = _unchecked_maker(SignalMessage)
 
