@@ -135,6 +135,17 @@ class AgainstGrpcioTests(TestCase):
         self.assertEqual((error.status, error.message), (StatusCode.CANCELLED, "changed my mind"))
         yield call.when_lost()
 
+    @defer.inlineCallbacks
+    def test_a_message_over_the_send_limit_ends_the_call_with_resource_exhausted(self) -> Gen:
+        call = yield dial(self.grpcio.port, max_send_message_size=100)
+        collector = Collector(call)
+        yield call.send(envelope(1))
+        failed = yield self.assertFailure(call.send(envelope(2, size=500)), GrpcError)
+        self.assertEqual(failed.status, StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("exceeds the send limit of 100 bytes", failed.message)
+        self.assertIs((yield collector.ended), failed)
+        yield call.when_lost()
+
 
 class AgainstOurServerTests(TestCase):
     def setUp(self) -> None:

@@ -484,7 +484,9 @@ class ConnectCall(Protocol):
 
         :return: a Deferred that fires once the message is handed to HTTP/2
             (later while the server's window is closed), or fails with a
-            ``GrpcError`` when the call is over or its side ended.
+            ``GrpcError`` when the call is over or its side ended.  A message
+            over ``max_send_message_size`` fails with ``RESOURCE_EXHAUSTED``
+            and cancels the call with that error.
         """
         if self.ended or self._half_closed:
             return defer.fail(
@@ -493,12 +495,14 @@ class ConnectCall(Protocol):
         data = message.SerializeToString()
         limit = self.max_send_message_size
         if limit is not None and len(data) > limit:
-            return defer.fail(
-                GrpcError(
-                    StatusCode.RESOURCE_EXHAUSTED,
-                    f"message of {len(data)} bytes exceeds the send limit of {limit} bytes",
-                )
+            # The call ends with it, as the server's side does: a message that
+            # cannot be sent must not leave the peer waiting for it.
+            error = GrpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"message of {len(data)} bytes exceeds the send limit of {limit} bytes",
             )
+            self._refuse(error)
+            return defer.fail(error)
         frame = frame_message(data)
         if not self._outbox and not self._write_paused and self.transport is not None:
             try:
