@@ -37,6 +37,23 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
 
+def read_token_file(path: str) -> str:
+    """
+    The token held in the file ``path``, its surrounding blanks removed.
+
+    :raises ValueError: ``cannot read <path>: <reason>`` or ``<path> is empty``.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    if not token:
+        raise ValueError(f"{path} is empty")
+    return token
+
+
 def token_problem(token: object) -> str | None:
     """Why ``token`` can never be valid, or ``None`` when it is well formed."""
     if not isinstance(token, str):

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from spear_twisted.auth import read_token_file
 from spear_twisted.bridge.config import BridgeServiceConfig
 from spear_twisted.channels.config import TRANSPORTS
 from spear_twisted.connections.config import ConnectionManagerConfig
@@ -226,14 +227,9 @@ class AdminConfig:
         if self.token_file is None:
             return self.token
         try:
-            with open(self.token_file, encoding="utf-8") as file:
-                token = file.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-            raise ConfigError("admin", [("token_file", f"cannot read {self.token_file}: {reason}")]) from None
-        if not token:
-            raise ConfigError("admin", [("token_file", f"{self.token_file} is empty")])
-        return token
+            return read_token_file(self.token_file)
+        except ValueError as e:
+            raise ConfigError("admin", [("token_file", str(e))]) from None
 
 
 @attrs.frozen

@@ -86,6 +86,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"command line: {e}") from None
         check_programs(config, source)
+        check_token_files(config, source)
         self.config = config
 
 
@@ -114,6 +115,27 @@ def override(config: SpearConfig, listen: list[str], admin: str | None, log_leve
         except ValueError as e:
             raise ValueError(f"--log-level: {e}") from None
     return config
+
+
+def check_token_files(config: SpearConfig, source: str) -> None:
+    """
+    Read the token files ``config`` names (admin, bridge callers) now, so
+    that one that cannot be used is a usage error naming it, not a
+    traceback from ``makeService``.
+
+    :raises usage.UsageError: naming ``source``, the key and the file.
+    """
+    try:
+        config.admin.bearer_token()
+    except ConfigError as e:
+        raise usage.UsageError(
+            "\n".join(f"{source}: admin.{key}: {reason}" for key, reason in e.problems)
+        ) from None
+    if config.bridge.listen:
+        try:
+            config.bridge.caller_tokens()
+        except ValueError as e:
+            raise usage.UsageError(f"{source}: bridge.{e}") from None
 
 
 def check_programs(config: SpearConfig, source: str) -> None:

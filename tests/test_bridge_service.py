@@ -347,7 +347,7 @@ class BridgeTableTests(SynchronousTestCase):
         self.assertEqual(
             config.caller_tokens(), {"a": "a-token-of-some-length", "b": "ops-token-from-a-file"}
         )
-        for path, expected in [(empty, "is unusable"), (os.path.join(directory, "none"), "cannot read")]:
+        for path, expected in [(empty, "is empty"), (os.path.join(directory, "none"), "cannot read")]:
             with self.assertRaises(ValueError) as caught:
                 BridgeServiceConfig(token_files={"c": path}).caller_tokens()
             self.assertIn(expected, str(caught.exception))

@@ -109,6 +109,28 @@ class OptionsTests(SynchronousTestCase):
             str(caught.exception), f"{path}: tasks[0] (t): executable /no/such/program does not exist"
         )
 
+    def test_an_unreadable_admin_token_file_is_a_usage_error_naming_it(self) -> None:
+        path = self.write(GOOD + '[admin]\ntoken_file = "/no/such/token"\n')
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--config", path)
+        self.assertEqual(
+            str(caught.exception),
+            f"{path}: admin.token_file: cannot read /no/such/token: No such file or directory",
+        )
+
+    def test_an_unreadable_bridge_token_file_is_a_usage_error_naming_the_caller(self) -> None:
+        path = self.write(
+            GOOD + '[bridge]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+            '[bridge.token_files]\nops = "/no/such/token"\n'
+        )
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--config", path)
+        self.assertEqual(
+            str(caught.exception),
+            f"{path}: bridge.token_files: the token of caller 'ops': "
+            "cannot read /no/such/token: No such file or directory",
+        )
+
     def test_bad_option_values_are_usage_errors_naming_the_option(self) -> None:
         for argv, expected in [
             (

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from spear_twisted.auth import token_problem
+from spear_twisted.auth import read_token_file, token_problem
 from spear_twisted.settings import not_negative, positive, setting
 
 KiB = 1024
@@ -200,13 +200,9 @@ class BridgeServiceConfig:
         tokens = dict(self.tokens)
         for name, path in self.token_files.items():
             try:
-                with open(path, encoding="utf-8") as file:
-                    token = file.read().strip()
-            except (OSError, UnicodeDecodeError) as e:
-                reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-                raise ValueError(
-                    f"token_files: cannot read the token of caller {name!r} from {path}: {reason}"
-                ) from None
+                token = read_token_file(path)
+            except ValueError as e:
+                raise ValueError(f"token_files: the token of caller {name!r}: {e}") from None
             problem = token_problem(token)
             if problem is not None:
                 raise ValueError(
