@@ -614,6 +614,24 @@ class ObservationTests(TestCase):
         for key in ("instance_id", "uptime", "cpu_percent", "rss_bytes", "open_fds", "threads"):
             self.assertIn(key, instance)
 
+    def test_the_instances_metric_counts_serving_instances_by_their_load_as_status_shows_them(self) -> None:
+        pool = FakePool(self, max_concurrent_requests=2)
+        pool.start()
+        [instance] = pool.instances
+        first = pool.execute()
+        text = pool.monitoring.metrics_text().decode()
+        self.assertIn('spear_task_instances{status="Running",task="work"} 1.0', text)
+        self.assertIn('spear_task_instances{status="Ready",task="work"} 0.0', text)
+        second = pool.execute()
+        text = pool.monitoring.metrics_text().decode()
+        self.assertIn('spear_task_instances{status="Busy",task="work"} 1.0', text)
+        self.assertIn('spear_task_instances{status="Running",task="work"} 0.0', text)
+        pool.agent(instance).answer_all()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        text = pool.monitoring.metrics_text().decode()
+        self.assertIn('spear_task_instances{status="Ready",task="work"} 1.0', text)
+
     def test_executions_are_counted_and_timed_in_the_metrics(self) -> None:
         pool = FakePool(self, request_timeout=1)
         pool.start()

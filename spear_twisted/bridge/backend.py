@@ -35,13 +35,12 @@ from spear_twisted.bridge.status import GrpcError, StatusCode
 from spear_twisted.channels._twisted import failure as failure_of
 from spear_twisted.channels.session_protocol import SERVER_VERSION
 from spear_twisted.errors import ExecutionTimeout, UnknownTask
-from spear_twisted.execution.manager import serving_status
 from spear_twisted.execution.request import ServedResponse
-from spear_twisted.runtime.model import InstanceStatus
+from spear_twisted.runtime.model import SERVING
 from spear_twisted.wire import PROTOCOL_VERSION
 
 #: Instance statuses that count as ready to work in ``TaskStatus.ready_instances``.
-READY_STATUSES = frozenset(serving_status(InstanceStatus.READY, outstanding, 2) for outstanding in (0, 1, 2))
+READY_STATUSES = frozenset(status.value for status in SERVING)
 
 
 @implementer(IBridgeBackend)

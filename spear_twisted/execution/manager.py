@@ -28,7 +28,7 @@ from spear_twisted.execution.pool import InstancePool, Member
 from spear_twisted.execution.request import Execution, ServedResponse
 from spear_twisted.monitoring import MonitoringService
 from spear_twisted.runtime.events import RuntimeEvent
-from spear_twisted.runtime.model import SERVING, InstanceStatus
+from spear_twisted.runtime.model import serving_status
 from spear_twisted.runtime.process import ProcessRuntime
 from spear_twisted.wire import ExecuteRequest, ExecuteResponse, RuntimeInstanceId
 
@@ -206,21 +206,3 @@ class TaskExecutionManager(Service):
             "open_fds": metrics.open_fds,
             "threads": metrics.threads,
         }
-
-
-def serving_status(status: InstanceStatus, outstanding: int, capacity: int) -> str:
-    """
-    The status shown for an instance: a serving one is Ready (idle), Running
-    (executing) or Busy (at ``capacity``) by its outstanding requests.
-
-    Worked out when asked, not stored in the instance: a status change is
-    logged and sent to every runtime subscriber, which would cost more than
-    the request itself twice per request.
-    """
-    if status not in SERVING:
-        return status.value
-    if outstanding <= 0:
-        return InstanceStatus.READY.value
-    if outstanding >= capacity:
-        return InstanceStatus.BUSY.value
-    return InstanceStatus.RUNNING.value

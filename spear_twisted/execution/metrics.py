@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from spear_twisted.runtime.model import InstanceStatus
+from spear_twisted.runtime.model import InstanceStatus, serving_status
 
 if TYPE_CHECKING:
     from spear_twisted.execution.manager import TaskExecutionManager
@@ -52,8 +52,10 @@ class ExecutionCollector:
         )
         for task_id, pool in manager.pools.items():
             counts = dict.fromkeys((status.value for status in InstanceStatus), 0)
+            capacity = pool.task.max_concurrent_requests
             for member in pool.members:
-                counts[member.instance.status.value] += 1
+                # As /status shows it: a serving instance is Ready, Running or Busy by its load.
+                counts[serving_status(member.instance.status, member.outstanding, capacity)] += 1
             for status, count in counts.items():
                 instances.add_metric([task_id, status], count)
             outstanding.add_metric([task_id], pool.outstanding)

@@ -44,6 +44,24 @@ class InstanceStatus(enum.Enum):
 SERVING = frozenset({InstanceStatus.READY, InstanceStatus.RUNNING, InstanceStatus.BUSY})
 
 
+def serving_status(status: InstanceStatus, outstanding: int, capacity: int) -> str:
+    """
+    The status shown for an instance: a serving one is Ready (idle), Running
+    (executing) or Busy (at ``capacity``) by its outstanding requests.
+
+    Worked out when asked, not stored in the instance: a status change is
+    logged and sent to every runtime subscriber, which would cost more than
+    the request itself twice per request.
+    """
+    if status not in SERVING:
+        return status.value
+    if outstanding <= 0:
+        return InstanceStatus.READY.value
+    if outstanding >= capacity:
+        return InstanceStatus.BUSY.value
+    return InstanceStatus.RUNNING.value
+
+
 class RestartPolicy(enum.Enum):
     """When an instance whose process ended is started again."""
 
