@@ -4,10 +4,11 @@ instances per configured task and runs each ``execute`` on the least loaded
 healthy one.
 """
 
-from spear_twisted.execution.manager import TaskExecutionManager, serving_status
+from spear_twisted.execution.manager import TaskExecutionManager
 from spear_twisted.execution.pool import InstancePool, Member
 from spear_twisted.execution.request import CANCEL_SIGNAL, Execution, ServedResponse, cancel_signal
 from spear_twisted.execution.scheduler import least_loaded
+from spear_twisted.runtime.model import serving_status
 
 __all__ = [
     "CANCEL_SIGNAL",
