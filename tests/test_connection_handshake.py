@@ -361,6 +361,9 @@ class DuplicateInstanceTests(TestCase):
         self.assertIs(manager.channel_for(self.worker), self.channel)
         response = yield self.channel.request_response(execute("t", "second"))
         self.assertEqual(response.parse_payload().output, "process:w:second")
+        # The replacement is one connection error, not also a failed attempt.
+        self.assertEqual(self.channel.get_stats().connection_errors, 1)
+        self.assertIsNone(self.channel.last_connection_error)
 
     @defer.inlineCallbacks
     def test_the_instance_may_reconnect_once_its_connection_is_gone(self) -> Gen:

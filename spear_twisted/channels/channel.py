@@ -391,8 +391,10 @@ class Channel(Factory):
 
     def connection_done(self, connection: SpearSessionProtocol, error: SpearError | None) -> None:
         if connection is not self._connection:
-            # An agent-side connection that never authenticated.
-            self.connection_lost_before_auth(connection, error)
+            if connection in self._unauthenticated:
+                # An agent-side connection that never authenticated.
+                self.connection_lost_before_auth(connection, error)
+            # Otherwise one already retired (replaced by a newer one): counted then.
             return
         self._connection = None
         self._totals.add(connection)
