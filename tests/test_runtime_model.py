@@ -173,7 +173,7 @@ class BackoffTests(SynchronousTestCase):
         delays = [tracker.next_delay(float(now), lived=1) for now in range(6)]
         self.assertEqual(delays, [0.5, 1.0, 2.0, 3.0, 3.0, 3.0])
 
-    def test_a_zero_minimum_starts_doubling_from_the_first_restart(self) -> None:
+    def test_a_zero_minimum_restarts_at_once_every_time(self) -> None:
         tracker = RestartTracker(BackoffPolicy(min_delay=0, max_delay=8, crash_loop_restarts=100))
         self.assertEqual([tracker.next_delay(float(now), lived=0) for now in range(3)], [0.0, 0.0, 0.0])
 

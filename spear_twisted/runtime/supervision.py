@@ -83,7 +83,7 @@ class RestartTracker:
             self._delay = policy.min_delay
             return 0.0
         delay = self._delay
-        self._delay = min(max(self._delay * 2, policy.min_delay), policy.max_delay)
+        self._delay = min(self._delay * 2, policy.max_delay)
         return delay
 
     @property
