@@ -41,9 +41,6 @@ class _Transport:
     def close(self) -> None:
         self._transport.close()
 
-    def abort(self) -> None:
-        self._transport.abort()
-
 
 class AgentProtocol(asyncio.Protocol):
     """One connection of the agent, driving its :class:`AgentConnection`."""

@@ -92,10 +92,6 @@ class GrpcTransport:
             self._closing = True
             self._outgoing.put_nowait(None)
 
-    def abort(self) -> None:
-        self._closing = True
-        self._call.cancel()
-
     async def _write(self) -> None:
         call = self._call
         try:

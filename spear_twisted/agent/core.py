@@ -121,9 +121,6 @@ class Transport(Protocol):
     def close(self) -> None:
         """Flush, then close."""
 
-    def abort(self) -> None:
-        """Close at once."""
-
 
 def response_for(request: ExecuteRequest, result: Any, duration_ms: int) -> ExecuteResponse:
     """
@@ -598,13 +595,8 @@ class Agent:
         if self.on_signal is None:
             self.log.info("Ignoring signal {signal}: no signal hook", signal=_signal_name(body))
             return
-        try:
-            outcome = txaio.as_future(self.on_signal, body)
-        except Exception as e:
-            self.log.error(
-                "The signal hook failed on {signal}: {error}", signal=_signal_name(body), error=str(e)
-            )
-            return
+        # txaio turns a hook that raises into a failed future: one errback logs both.
+        outcome = txaio.as_future(self.on_signal, body)
         txaio.add_callbacks(
             outcome,
             None,

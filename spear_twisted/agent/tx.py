@@ -39,9 +39,6 @@ class _Transport:
     def close(self) -> None:
         self._transport.loseConnection()
 
-    def abort(self) -> None:
-        self._transport.abortConnection()
-
 
 class AgentProtocol(Protocol):
     """One connection of the agent, driving its :class:`AgentConnection`."""

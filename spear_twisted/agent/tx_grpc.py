@@ -28,7 +28,7 @@ from spear_twisted.bridge import spear_pb2 as pb
 from spear_twisted.bridge.client import ConnectCall
 from spear_twisted.bridge.contract import envelope_from_message, message_from_envelope
 from spear_twisted.bridge.endpoints import client_tls_options
-from spear_twisted.bridge.status import GrpcError, StatusCode
+from spear_twisted.bridge.status import GrpcError
 from spear_twisted.errors import InvalidMessage
 from spear_twisted.wire import SpearMessage
 
@@ -46,9 +46,6 @@ class CallTransport:
     def close(self) -> None:
         """End the agent's side after what was sent; the call ends when the spearlet ends it."""
         self.call.finish()
-
-    def abort(self) -> None:
-        self.call.finish(GrpcError(StatusCode.CANCELLED, "the agent dropped the connection"))
 
 
 def connect(connection: AgentConnection, config: AgentConfig, reactor: Any) -> Deferred[None]:
