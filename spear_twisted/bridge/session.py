@@ -169,11 +169,6 @@ class StreamTransport:
         # session that exists.
         self.stream.set_receiver(self._message_received, self._ended)
 
-    @property
-    def pending_sends(self) -> int:
-        """Messages handed to the stream that wait for HTTP/2 (the peer's window, the socket)."""
-        return self._pending
-
     # -- the session's side ---------------------------------------------------------------
 
     def send_envelope(self, envelope: pb.Envelope) -> int:
