@@ -51,21 +51,13 @@ class Document:
     data: bytes = attrs.field(repr=False)
     residue: bytes = attrs.field(repr=False)
 
-    def check_duplicates(self, members: int | None = None) -> None:
+    def check_duplicates(self) -> None:
         """
         Refuse a document that had duplicate keys.
 
-        ``members``, when the caller knows it, is how many object members the
-        parsed value holds with no colon in any string (a reader that matched
-        a fixed shape); equal to the text's colon count, it proves there was
-        no duplicate without walking the value.
-
         :raises InvalidJson: naming the duplicate key.
         """
-        residue = self.residue
-        if members is not None and b"\\u" not in residue and residue.count(b":") == members:
-            return
-        if _duplicate_keys_possible(residue, self.value):
+        if _duplicate_keys_possible(self.residue, self.value):
             _check_duplicate_keys(self.data)
 
 
