@@ -614,6 +614,20 @@ class ObservationTests(TestCase):
         for key in ("instance_id", "uptime", "cpu_percent", "rss_bytes", "open_fds", "threads"):
             self.assertIn(key, instance)
 
+    def test_a_status_without_metrics_leaves_the_processes_alone(self) -> None:
+        pool = FakePool(self)
+        pool.start()
+
+        def looked_at(instance: object) -> None:
+            raise AssertionError("the instance's process was looked at")
+
+        self.patch(pool.fake.runtime, "get_metrics", looked_at)
+        [task] = pool.manager.status(with_metrics=False)
+        [instance] = task["instances"]
+        self.assertEqual(instance["status"], "Ready")
+        for key in ("cpu_percent", "rss_bytes", "open_fds", "threads"):
+            self.assertNotIn(key, instance)
+
     def test_the_instances_metric_counts_serving_instances_by_their_load_as_status_shows_them(self) -> None:
         pool = FakePool(self, max_concurrent_requests=2)
         pool.start()

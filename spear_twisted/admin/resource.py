@@ -57,6 +57,8 @@ class TaskExecutor(Protocol):
         self, task_id: str, request: ExecuteRequest, timeout: float | None = None
     ) -> Deferred[ServedResponse]: ...
 
+    def status(self, *, with_metrics: bool = True) -> list[dict[str, Any]]: ...
+
 
 class Administered(Protocol):
     """What the admin endpoint needs of the service it administers (a ``SpearService``)."""
@@ -170,7 +172,10 @@ class AdminResource(Resource):
     # -- routes ------------------------------------------------------------------------------
 
     def _healthz(self, request: WebRequest, _parameters: tuple[str, ...]) -> bytes:
-        health = assess(bool(self.service.running), self.service.status())
+        # Only the tasks, without the instances' process figures: a probe is
+        # frequent, and reading those would reset the CPU window of /status.
+        tasks = self.service.tasks.status(with_metrics=False)
+        health = assess(bool(self.service.running), {"tasks": tasks})
         return _json(request, health.http_status, health.document)
 
     def _metrics(self, request: WebRequest, _parameters: tuple[str, ...]) -> bytes:

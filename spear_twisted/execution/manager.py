@@ -169,12 +169,18 @@ class TaskExecutionManager(Service):
 
     # -- status ------------------------------------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
-        """Each task with its instances, as JSON-able data (see ``SpearService.status``)."""
+    def status(self, *, with_metrics: bool = True) -> list[dict[str, Any]]:
+        """
+        Each task with its instances, as JSON-able data (see
+        ``SpearService.status``).  Without ``with_metrics`` the instances'
+        resource figures (``cpu_percent``, ``rss_bytes``, ``open_fds``,
+        ``threads``) are left out, and their processes are not looked at:
+        what a health probe needs, without resetting the CPU figure's window.
+        """
         now = self.reactor.seconds()
-        return [self._describe_pool(pool, now) for pool in self.pools.values()]
+        return [self._describe_pool(pool, now, with_metrics) for pool in self.pools.values()]
 
-    def _describe_pool(self, pool: InstancePool, now: float) -> dict[str, Any]:
+    def _describe_pool(self, pool: InstancePool, now: float, with_metrics: bool) -> dict[str, Any]:
         task = pool.task
         return {
             "id": task.id,
@@ -184,14 +190,15 @@ class TaskExecutionManager(Service):
             "outstanding": pool.outstanding,
             "waiting": len(pool.waiting),
             "last_error": pool.last_error,
-            "instances": [self._describe_member(pool, member, now) for member in pool.members],
+            "instances": [self._describe_member(pool, member, now, with_metrics) for member in pool.members],
         }
 
-    def _describe_member(self, pool: InstancePool, member: Member, now: float) -> dict[str, Any]:
+    def _describe_member(
+        self, pool: InstancePool, member: Member, now: float, with_metrics: bool
+    ) -> dict[str, Any]:
         instance = member.instance
-        metrics = self.runtime.get_metrics(instance)
         reason = instance.error or (instance.history[-1].reason if instance.history else None)
-        return {
+        described = {
             "instance_id": str(instance.instance_id),
             "status": serving_status(instance.status, member.outstanding, pool.task.max_concurrent_requests),
             "reason": reason,
@@ -201,8 +208,13 @@ class TaskExecutionManager(Service):
             "uptime": round(instance.uptime(now), 3),
             "outstanding": member.outstanding,
             "served": member.served,
-            "cpu_percent": metrics.cpu_percent,
-            "rss_bytes": metrics.rss_bytes,
-            "open_fds": metrics.open_fds,
-            "threads": metrics.threads,
         }
+        if with_metrics:
+            metrics = self.runtime.get_metrics(instance)
+            described.update(
+                cpu_percent=metrics.cpu_percent,
+                rss_bytes=metrics.rss_bytes,
+                open_fds=metrics.open_fds,
+                threads=metrics.threads,
+            )
+        return described
