@@ -467,9 +467,12 @@ class BridgeStream:
             (later while the client's window is closed), or fails when the
             call is over.
         """
+        return self.send_serialized(message.SerializeToString())
+
+    def send_serialized(self, data: bytes) -> Deferred[None]:
+        """:meth:`send` of a message already serialized to ``data``."""
         if not self.active:
             return defer.fail(self.gone or self._finished_error())
-        data = message.SerializeToString()
         if len(data) > self._max_send:
             error = _too_large_to_send(len(data), self._max_send)
             self.finish(error)

@@ -488,11 +488,14 @@ class ConnectCall(Protocol):
             over ``max_send_message_size`` fails with ``RESOURCE_EXHAUSTED``
             and cancels the call with that error.
         """
+        return self.send_serialized(message.SerializeToString())
+
+    def send_serialized(self, data: bytes) -> Deferred[None]:
+        """:meth:`send` of a message already serialized to ``data``."""
         if self.ended or self._half_closed:
             return defer.fail(
                 self.error or GrpcError(StatusCode.CANCELLED, "the call's sending side is closed")
             )
-        data = message.SerializeToString()
         limit = self.max_send_message_size
         if limit is not None and len(data) > limit:
             # The call ends with it, as the server's side does: a message that

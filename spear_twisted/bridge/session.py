@@ -73,8 +73,8 @@ class EnvelopeStream(typing.Protocol):
     @max_receive_message_size.setter
     def max_receive_message_size(self, size: int) -> None: ...
 
-    def send(self, message: pb.Envelope) -> Deferred[None]:
-        """Send ``message``; fires once it is handed to HTTP/2."""
+    def send_serialized(self, data: bytes) -> Deferred[None]:
+        """Send the serialized ``Envelope`` ``data``; fires once it is handed to HTTP/2."""
 
     def set_receiver(self, on_message: Any, on_end: Any) -> None:
         """Call ``on_message(message, size)`` per message, ``on_end(error or None)`` once."""
@@ -173,8 +173,10 @@ class StreamTransport:
 
     def send_envelope(self, envelope: pb.Envelope) -> int:
         """Send ``envelope``; its size on the wire.  A send that must wait pauses the session."""
-        size = envelope.ByteSize() + PREFIX_SIZE
-        sending = self.stream.send(envelope)
+        # Serialized once: measuring it (ByteSize) costs as much as writing it.
+        data = envelope.SerializeToString()
+        sending = self.stream.send_serialized(data)
+        size = len(data) + PREFIX_SIZE
         if sending.called:
             # Handed over at once, or refused because the call is over (whose
             # end the session hears of through on_end).
