@@ -30,6 +30,7 @@ from spear_twisted.bridge.methods import MethodRegistry, spear_bridge_methods
 from spear_twisted.bridge.protocol import BridgeProtocol
 from spear_twisted.bridge.status import StatusCode
 from spear_twisted.channels.tcp import is_loopback
+from spear_twisted.connections.listeners import refuse_remote
 
 
 @attrs.frozen
@@ -199,6 +200,9 @@ class BridgeService(Service):
             reactor = global_reactor
         self.server = server
         self.allow_remote = allow_remote
+        endpoints = list(endpoints)
+        #: The descriptions among ``endpoints``, checked before anything is bound.
+        self._descriptions = [endpoint for endpoint in endpoints if isinstance(endpoint, str)]
         self.endpoints: list[IStreamServerEndpoint] = [
             serverFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
             if isinstance(endpoint, str)
@@ -210,6 +214,8 @@ class BridgeService(Service):
         self._listening: list[Deferred[Any]] = []
 
     def startService(self) -> None:
+        for description in self._descriptions:
+            refuse_remote(description, self.allow_remote)
         super().startService()  # type: ignore[no-untyped-call]
         failures: list[Failure] = []
         self._listening = []
@@ -226,6 +232,7 @@ class BridgeService(Service):
             failures[0].raiseException()
 
     def _check_address(self, port: IListeningPort) -> IListeningPort:
+        # For endpoint objects, whose address is only known once bound.
         host = getattr(port.getHost(), "host", None)
         if host is not None and not self.allow_remote and not is_loopback(host):
             port.stopListening()

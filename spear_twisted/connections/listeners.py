@@ -59,6 +59,26 @@ def parse_description(description: str) -> tuple[str, list[str], dict[str, str]]
     return kind, positional, keywords
 
 
+def refuse_remote(description: str, allow_remote: bool) -> None:
+    """
+    Refuse, before anything is bound, an endpoint description that would
+    listen on an address that is not loopback (``tcp:9100`` binds every
+    interface) unless ``allow_remote``.
+
+    :raises ValueError: naming the description and the interface.
+    """
+    if allow_remote:
+        return
+    kind, _positional, keywords = parse_description(description)
+    if kind in _INET_KINDS:
+        interface = keywords.get("interface", "")
+        if not is_loopback(interface):
+            raise ValueError(
+                f"{description!r} listens on {interface or 'every interface'}, not loopback; "
+                "name a loopback interface (interface=127.0.0.1) or set allow_remote"
+            )
+
+
 class Listeners:
     """
     The ports one manager listens on.
@@ -135,13 +155,7 @@ class Listeners:
                 description += f":backlog={self.backlog}"
             elif not backlog.isdigit() or int(backlog) < MIN_BACKLOG:
                 raise ValueError(f"{description!r}: backlog must be at least {MIN_BACKLOG}")
-            if kind in _INET_KINDS and not self.allow_remote:
-                interface = keywords.get("interface", "")
-                if not is_loopback(interface):
-                    raise ValueError(
-                        f"{description!r} listens on {interface or 'every interface'}, not loopback; "
-                        "name a loopback interface (interface=127.0.0.1) or set allow_remote"
-                    )
+            refuse_remote(description, self.allow_remote)
             if kind == "unix":
                 path = keywords.get("address") or (positional[0] if positional else None)
                 if not path:
