@@ -36,7 +36,7 @@ from spear_twisted.channels.channel import Channel
 from spear_twisted.channels.config import ChannelAddress, ChannelConfig
 from spear_twisted.channels.tcp import TCPChannel
 from spear_twisted.channels.unix import UnixChannel
-from spear_twisted.errors import RequestTimeout, ShuttingDown
+from spear_twisted.errors import DecodeError, RequestTimeout, ShuttingDown
 from spear_twisted.execution import cancel_signal
 from spear_twisted.runtime.environment import protocol_environment
 from spear_twisted.wire import (
@@ -45,11 +45,13 @@ from spear_twisted.wire import (
     ExecuteResponse,
     ExecutionStatus,
     FrameDecoder,
+    MessageType,
     RuntimeInstanceId,
     RuntimeType,
     SignalMessage,
     SignalType,
     SpearMessage,
+    Timestamp,
 )
 from tests.bridge_support import self_signed_certificate
 from tests.channel_support import ClockReactor, short_temp_dir, turns, wait_until
@@ -180,6 +182,20 @@ class HandlerTests(TestCase):
             )
             self.assertEqual(response.task_id, "task-1")
             self.assertIsNotNone(response.duration_ms)
+
+    @defer.inlineCallbacks
+    def test_a_request_whose_body_cannot_be_read_is_answered_with_an_error_naming_it(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self)
+        yield spearlet.listen()
+        serve(self, forms(real_reactor), spearlet.config())
+        yield spearlet.channel.when_connected()
+        unreadable = SpearMessage(MessageType.EXECUTE_REQUEST, 0, Timestamp.now(), b'{"task_id": 5}')
+        error = yield self.assertFailure(spearlet.channel.request_response(unreadable, 30), DecodeError)
+        self.assertIn("payload.task_id", error.message)
+        # The agent goes on serving.
+        self.assertEqual((yield spearlet.execute("str", "after")).output, "text after")
 
     @defer.inlineCallbacks
     def test_a_coroutine_function_is_a_handler(self) -> Generator[Deferred[Any], Any, None]:

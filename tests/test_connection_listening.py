@@ -166,6 +166,13 @@ class DescriptionTests(TestCase):
         self.assertEqual(manager.listening_addresses, [])
 
     @defer.inlineCallbacks
+    def test_a_unix_description_without_a_path_is_refused(self) -> Gen:
+        manager = make_manager(self)
+        error = yield self.assertFailure(manager.start_listening("unix:"), ValueError)
+        self.assertIn("names no socket path", str(error))
+        self.assertEqual(manager.listening_addresses, [])
+
+    @defer.inlineCallbacks
     def test_unix_description_replaces_a_stale_socket_and_stop_removes_the_file(self) -> Gen:
         directory = socket_dir(self)
         path = os.path.join(directory, "agents.sock")

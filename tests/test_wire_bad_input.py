@@ -689,3 +689,27 @@ class InvalidMessageTests(BadInputTestCase):
             (json_error.code, schema_error.code), (ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE)
         )
         self.assertEqual((int(json_error.code), int(schema_error.code)), (1003, 1004))
+
+
+class ConstructionTests(SynchronousTestCase):
+    """The hot constructors skip the validators only for values they checked themselves."""
+
+    def test_create_refuses_a_request_id_that_is_not_a_u64(self) -> None:
+        body = codec.decode_body(MessageType.HEARTBEAT, HEARTBEAT)
+        for request_id, error in [(-1, ValueError), (2**64, ValueError), (True, TypeError), (1.0, TypeError)]:
+            with self.assertRaises(error) as caught:
+                SpearMessage.create(request_id, body)  # type: ignore[arg-type]
+            self.assertIn("request_id", str(caught.exception))
+
+    def test_create_refuses_a_timestamp_that_is_not_a_timestamp(self) -> None:
+        body = codec.decode_body(MessageType.HEARTBEAT, HEARTBEAT)
+        with self.assertRaises(TypeError) as caught:
+            SpearMessage.create(1, body, timestamp=(1, 2))  # type: ignore[arg-type]
+        self.assertIn("timestamp must be a Timestamp", str(caught.exception))
+
+    def test_with_request_id_refuses_a_request_id_that_is_not_a_u64(self) -> None:
+        message = SpearMessage.create(1, codec.decode_body(MessageType.HEARTBEAT, HEARTBEAT))
+        for request_id in (-1, 2**64, True):
+            with self.assertRaises(ValueError) as caught:
+                message.with_request_id(request_id)
+            self.assertIn("out of range for u64", str(caught.exception))
