@@ -47,7 +47,7 @@ from spear_twisted.connections.listeners import Listeners
 from spear_twisted.connections.state import ConnectionState
 from spear_twisted.connections.tls import server_tls_options
 from spear_twisted.errors import AlreadyConnected, AuthenticationFailed, SpearError
-from spear_twisted.monitoring import MessageDirection, MonitoringConfig, MonitoringService
+from spear_twisted.monitoring import MonitoringConfig, MonitoringService
 from spear_twisted.wire import AuthRequest, Role, RuntimeInstanceId
 
 #: A subscriber of connection events.
@@ -351,13 +351,8 @@ class ConnectionManager(Service):
         kind = event.kind
         if kind in _MESSAGE_EVENTS:
             monitor = self._monitor
-            if monitor is not None and event.message_type is not None and event.size is not None:
-                direction = (
-                    MessageDirection.INCOMING
-                    if kind is ConnectionEventKind.MESSAGE_RECEIVED
-                    else MessageDirection.OUTGOING
-                )
-                monitor.record_message_event(event.connection_id, event.message_type, direction, event.size)
+            if monitor is not None:
+                monitor.record_connection_event(event.connection_id, event)
             self._deliver(event, message=True)
             return
         if kind is ConnectionEventKind.CONNECTED:
