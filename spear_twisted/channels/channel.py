@@ -165,6 +165,7 @@ class Channel(Factory):
         "_queue",
         "_receivers",
         "_request_ids",
+        "_session_config",
         "_timeout_errors",
         "_totals",
         "_unauthenticated",
@@ -207,6 +208,8 @@ class Channel(Factory):
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.config = config or ChannelConfig()
+        # One for every connection of the channel: made once, shared.
+        self._session_config = self.config.session_config()
         self.role = role
         # Not ``validator or refuse_all``: a SecretRegistry with no secrets yet is falsy.
         self.validator: SecretValidator = validator if validator is not None else refuse_all
@@ -265,7 +268,7 @@ class Channel(Factory):
         protocol = protocol_type(
             role=self.role,
             clock=self.clock,
-            session_config=self.config.session_config(),
+            session_config=self._session_config,
             gatekeeper=self if self.role is Role.SPEARLET else None,
             owner=self if self.role is Role.AGENT else None,
             credentials=self.credentials,
