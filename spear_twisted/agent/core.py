@@ -34,6 +34,7 @@ from spear_twisted.agent.config import (
 from spear_twisted.agent.handler import TaskFailed
 from spear_twisted.errors import AuthenticationError, DecodeError, ErrorCode, ShuttingDown, SpearError
 from spear_twisted.wire import (
+    CANCEL_SIGNAL,
     AuthRequest,
     AuthSucceeded,
     ConnectionStatus,
@@ -73,7 +74,7 @@ SignalHook = Callable[[SignalMessage], Any]
 
 #: The custom signal by which the spearlet abandons a request: its envelope
 #: carries the request's ``request_id`` (``data`` has it in ASCII digits too).
-CANCEL = SignalType.custom("cancel")
+CANCEL = SignalType.custom(CANCEL_SIGNAL)
 
 _I32 = (-(2**31), 2**31 - 1)
 

@@ -54,6 +54,7 @@ from spear_twisted.errors import (
     UnexpectedMessage,
 )
 from spear_twisted.wire import (
+    CANCEL_SIGNAL,
     ExecuteRequest,
     ExecuteResponse,
     ExecutionStatus,
@@ -66,9 +67,6 @@ from spear_twisted.wire import (
 if TYPE_CHECKING:
     from spear_twisted.execution.manager import TaskExecutionManager
     from spear_twisted.execution.pool import InstancePool, Member
-
-#: The name of the custom signal that cancels a request.
-CANCEL_SIGNAL = "cancel"
 
 #: The smallest timeout handed to a channel (a deadline reached exactly still sends).
 _MIN_TIMEOUT = 0.001

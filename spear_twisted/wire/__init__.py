@@ -21,6 +21,7 @@ from spear_twisted.wire.constants import (
 from spear_twisted.wire.framing import FrameDecoder, encode_frame
 from spear_twisted.wire.identity import RuntimeInstanceId, RuntimeType
 from spear_twisted.wire.messages import (
+    CANCEL_SIGNAL,
     AnySignal,
     AuthRequest,
     AuthResponse,
@@ -74,6 +75,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AUTH_TIMEOUT",
+    "CANCEL_SIGNAL",
     "CONNECTION_TIMEOUT",
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TIMEOUT",

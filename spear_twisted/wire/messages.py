@@ -246,6 +246,10 @@ class SignalType(enum.Enum):
 #: Any signal: a unit variant or a custom one.
 AnySignal = SignalType | CustomSignal
 
+#: The name of the custom signal asking an instance to abandon a request
+#: (the signal's request id is the request's).
+CANCEL_SIGNAL = "cancel"
+
 
 # -- bodies ---------------------------------------------------------------------------
 
