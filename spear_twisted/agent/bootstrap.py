@@ -19,10 +19,9 @@ the session checks it once the wire layer is loaded, by decoding it.
 
 from __future__ import annotations
 
-import sys
 import time
 
-from spear_twisted.agent.config import AgentConfig
+from spear_twisted.agent.config import AgentConfig, say
 
 try:
     # The C module: ``socket`` (its enums, ``selectors``) would add some
@@ -131,10 +130,10 @@ def connect_and_authenticate(
         except OSError as e:
             attempt += 1
             if attempt > config.max_retries:
-                _say(f"cannot connect to the spearlet at {config.address}: {e}; giving up")
+                say(f"cannot connect to the spearlet at {config.address}: {e}; giving up")
                 return None
             delay = config.retry_delay_for(attempt)
-            _say(f"cannot connect to the spearlet at {config.address}: {e}; retrying in {delay:g} s")
+            say(f"cannot connect to the spearlet at {config.address}: {e}; retrying in {delay:g} s")
             sleep(delay)
 
 
@@ -157,8 +156,3 @@ def await_answer(connection: Bootstrap, timeout: float) -> bool:
     finally:
         sock.settimeout(None)
     return True
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(f"spear agent: {message}\n")
-    sys.stderr.flush()

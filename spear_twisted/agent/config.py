@@ -11,6 +11,7 @@ an attrs class (attrs costs 20 ms or more to import).
 from __future__ import annotations
 
 import os
+import sys
 
 from spear_twisted._version import __version__
 
@@ -264,3 +265,9 @@ def _service_addr(text: str | None) -> tuple[str | None, int | None]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, _port(port, "SERVICE_ADDR")
+
+
+def say(message: str) -> None:
+    """Tell the operator ``message`` on standard error (the agent's own lines, before any logging)."""
+    sys.stderr.write(f"spear agent: {message}\n")
+    sys.stderr.flush()

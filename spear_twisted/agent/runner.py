@@ -24,6 +24,7 @@ from spear_twisted.agent.config import (
     SECRET_VARIABLES,
     AgentConfig,
     AgentConfigError,
+    say,
 )
 
 try:
@@ -81,7 +82,7 @@ def run(
     try:
         return _run(handler, framework, on_signal, config, overrides)
     except _Terminated as e:
-        _say(f"terminating ({e.name}) before the agent started")
+        say(f"terminating ({e.name}) before the agent started")
         return EXIT_OK
     finally:
         for number, handler_before in previous.items():
@@ -99,7 +100,7 @@ def _run(
         if config is None:
             config = AgentConfig.from_environment(None, **overrides)
     except AgentConfigError as e:
-        _say(f"configuration error: {e}")
+        say(f"configuration error: {e}")
         return EXIT_CONFIG
     for name in SECRET_VARIABLES:
         os.environ.pop(name, None)
@@ -108,7 +109,7 @@ def _run(
         # HTTP/2 cannot be spoken by hand on a plain socket before the
         # framework loads: the agent dials once its framework is up.
         if framework == "asyncio" and not _has_grpcio():
-            _say(
+            say(
                 "configuration error: SPEAR_COMMUNICATION_TYPE=grpc under asyncio needs grpcio, which is not"
                 " installed: pip install 'spear_twisted[grpc]' (or run the agent with framework='twisted')"
             )
@@ -170,8 +171,3 @@ def _has_grpcio() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(f"spear agent: {message}\n")
-    sys.stderr.flush()
