@@ -43,6 +43,8 @@ from spear_twisted.wire.codec import structure
 
 #: The admin endpoint's port, where ``spear`` looks by default.
 DEFAULT_ADMIN_PORT = 7732
+#: The admin endpoint's default: that port, on loopback.
+DEFAULT_ADMIN_ENDPOINT = f"tcp:{DEFAULT_ADMIN_PORT}:interface=127.0.0.1"
 
 #: Log levels, least severe first (``twisted.logger.LogLevel`` names).
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -92,8 +94,7 @@ def _log_level(_instance: object, attribute: attrs.Attribute[Any], value: str) -
 def _endpoint(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if ":" not in value:
         raise ValueError(
-            f"{attribute.name} {value!r} is not an endpoint description such as "
-            f"'tcp:{DEFAULT_ADMIN_PORT}:interface=127.0.0.1'"
+            f"{attribute.name} {value!r} is not an endpoint description such as {DEFAULT_ADMIN_ENDPOINT!r}"
         )
 
 
@@ -198,7 +199,7 @@ class AdminConfig:
 
     enabled: bool = setting(True, doc="Serve the admin endpoint.")
     endpoint: str = setting(
-        f"tcp:{DEFAULT_ADMIN_PORT}:interface=127.0.0.1",
+        DEFAULT_ADMIN_ENDPOINT,
         doc="Endpoint description the admin endpoint listens on.",
         validator=_endpoint,
     )

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from spear_twisted import cli
+from spear_twisted.config import DEFAULT_ADMIN_PORT
 from tests.runtime_support import ROOT
 
 
@@ -75,6 +76,8 @@ class ClientTests(SynchronousTestCase):
         )
         self.assertEqual(cli.client_for(options("status"), env).url, "http://env:1")
         self.assertEqual(cli.client_for(options("status"), {}).url, cli.DEFAULT_ADMIN_URL)
+        # The CLI imports only the standard library: its default must follow the spearlet's.
+        self.assertEqual(cli.DEFAULT_ADMIN_URL, f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}")
 
     def test_the_token_comes_from_its_file_then_the_option_then_the_environment(self) -> None:
         path = self.mktemp()

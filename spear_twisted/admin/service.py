@@ -5,7 +5,7 @@ Twisted endpoint description (``tcp:7732:interface=127.0.0.1`` by default).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -17,12 +17,10 @@ from twisted.python.failure import Failure
 from spear_twisted.admin.bearer import BearerToken
 from spear_twisted.admin.resource import Administered, AdminResource
 from spear_twisted.admin.site import IDLE_TIMEOUT, MAX_BODY_BYTES, AdminSite
-
-if TYPE_CHECKING:
-    from spear_twisted.config import AdminConfig
+from spear_twisted.config import DEFAULT_ADMIN_ENDPOINT, AdminConfig
 
 #: Where the admin endpoint listens unless configured otherwise: loopback only.
-DEFAULT_ENDPOINT = "tcp:7732:interface=127.0.0.1"
+DEFAULT_ENDPOINT = DEFAULT_ADMIN_ENDPOINT
 
 log = Logger()
 
