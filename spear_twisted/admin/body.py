@@ -63,30 +63,28 @@ class ExecuteBody:
         ExecutionMode.SYNC, doc='``"Sync"``, ``"Async"``, ``"Stream"`` or ``"Interactive"``.'
     )
 
-    def input_data(self) -> bytes | None:
-        """The input as bytes, from whichever of ``input`` and ``input_base64`` is given."""
-        if self.input is not None:
-            return self.input.encode()
-        if self.input_base64 is not None:
-            return base64.b64decode(self.input_base64, validate=True)
-        return None
 
-
-def _problems(body: ExecuteBody) -> list[tuple[str, str]]:
-    """What the converter cannot check: rules across fields and on values."""
+def _checked(body: ExecuteBody) -> tuple[list[tuple[str, str]], bytes | None]:
+    """
+    What the converter cannot check (rules across fields and on values),
+    and the input as bytes (decoded once, here).
+    """
     problems = []
+    input_data = None if body.input is None else body.input.encode()
     if body.input is not None and body.input_base64 is not None:
         problems.append(("input_base64", "give input or input_base64, not both"))
     if body.input_base64 is not None:
         try:
-            base64.b64decode(body.input_base64, validate=True)
+            decoded = base64.b64decode(body.input_base64, validate=True)
         except (binascii.Error, ValueError) as e:
             problems.append(("input_base64", f"not valid base64: {e}"))
+        else:
+            input_data = decoded if input_data is None else input_data
     if body.timeout is not None and not 0 < body.timeout <= MAX_TIMEOUT:
         problems.append(
             ("timeout", f"must be above 0 and at most {MAX_TIMEOUT:g} seconds, not {body.timeout:g}")
         )
-    return problems
+    return problems, input_data
 
 
 def parse_execute_body(task_id: str, data: bytes) -> tuple[ExecuteRequest, float | None]:
@@ -104,7 +102,7 @@ def parse_execute_body(task_id: str, data: bytes) -> tuple[ExecuteRequest, float
     if type(value) is not dict:
         raise InvalidMessage([("", f"expected a JSON object, found {_JSON_TYPES[type(value)]}")])
     body = structure(value, ExecuteBody)
-    problems = _problems(body)
+    problems, input_data = _checked(body)
     if problems:
         raise InvalidMessage(problems)
     request = ExecuteRequest(
@@ -115,7 +113,7 @@ def parse_execute_body(task_id: str, data: bytes) -> tuple[ExecuteRequest, float
         working_dir=body.working_dir,
         timeout=None if body.timeout is None else math.ceil(body.timeout),
         mode=body.mode,
-        input_data=body.input_data(),
+        input_data=input_data,
     )
     return request, body.timeout
 
