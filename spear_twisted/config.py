@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
-import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -309,36 +308,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> SpearConf
     try:
         return structure(dict(data), SpearConfig)
     except InvalidMessage as e:
-        raise ConfigError(source, [_at_field(path, reason) for path, reason in e.problems]) from None
-
-
-_LEADING_KEY = re.compile(r"([a-z_]+)(?::| must| is|(?= ['\"]))")
-_INDEX = re.compile(r"\[\d+\]")
-
-
-def _at_field(path: str, reason: str) -> tuple[str, str]:
-    """
-    A check of a whole table names the key it is about first
-    (``tasks[0]``, ``max_instances must be positive``): report it under
-    that key (``tasks[0].max_instances``, ``must be positive``).
-    """
-    match = _LEADING_KEY.match(reason)
-    if match is None:
-        return path, reason
-    cls: Any = SpearConfig
-    for part in filter(None, _INDEX.sub("", path).split(".")):
-        fields = attrs.fields_dict(attrs.resolve_types(cls))
-        if part not in fields:
-            return path, reason
-        kind = fields[part].type
-        cls = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
-        if not attrs.has(cls):
-            return path, reason
-    key = match.group(1)
-    if key not in attrs.fields_dict(cls):
-        return path, reason
-    rest = reason[match.end(1) :].lstrip(": ")
-    return (f"{path}.{key}" if path else key), rest
+        raise ConfigError(source, list(e.problems)) from None
 
 
 def loads_config(text: str, source: str = "<config>") -> SpearConfig:

@@ -94,7 +94,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("duplicate_policy", str(caught.exception))
         with self.assertRaises(InvalidMessage) as caught:
             structure({"port_range": [9300, 9200]}, ConnectionManagerConfig)
-        self.assertIn("port_range is empty", str(caught.exception))
+        self.assertIn("port_range: is empty", str(caught.exception))
 
     def test_channel_config_carries_the_session_settings(self) -> None:
         config = ConnectionManagerConfig(

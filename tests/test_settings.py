@@ -149,7 +149,8 @@ class TurningOffTests(SynchronousTestCase):
             structure({"timeout": -1}, Optional)
         self.assertEqual(
             caught.exception.problems,
-            (("", "timeout must be positive, or false (None) to turn it off, not -1.0"),),
+            # Under the key the validator names, as every settings class reports it.
+            (("timeout", "must be positive, or false (None) to turn it off, not -1.0"),),
         )
 
     def test_a_setting_unset_by_default_and_a_boolean_take_no_false_for_off(self) -> None:

@@ -21,7 +21,7 @@ import enum
 import re
 import struct
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import attrs
@@ -407,9 +407,26 @@ def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
-            raise SchemaError.at_root(str(e)) from None
+            raise _field_error(str(e), specs) from None
 
     return structure_settings
+
+
+# A validator's message names its field first: "max_instances must be
+# positive", "timeout: ...", "id 'a b' must be ...".
+_LEADING_KEY = re.compile(r"([a-z_]+)(?::| must| is|(?= ['\"]))")
+
+
+def _field_error(reason: str, fields: Mapping[str, Any]) -> SchemaError:
+    """
+    The error of a settings class refusing its values: under the key the
+    message names first when that is one of ``fields`` (``max_instances``,
+    ``must be positive, not 0``), else at the table itself.
+    """
+    match = _LEADING_KEY.match(reason)
+    if match is not None and match.group(1) in fields:
+        return SchemaError([((match.group(1),), reason[match.end(1) :].lstrip(": "))])
+    return SchemaError.at_root(reason)
 
 
 def _off_hook(kind: Any) -> Callable[[Any, Any], Any]:
