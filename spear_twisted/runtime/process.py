@@ -736,21 +736,10 @@ class ProcessRuntime(Service):
             return defer.succeed(True)
         if seconds <= 0:
             return defer.succeed(False)
-        outcome: Deferred[bool] = Deferred()
-        exited = process.when_exited()
-
-        def on_exit(_: object) -> None:
-            if timer.active():
-                timer.cancel()
-            outcome.callback(True)
-
-        def timed_out() -> None:
-            exited.cancel()
-            outcome.callback(False)
-
-        timer = self.reactor.callLater(seconds, timed_out)
-        exited.addCallbacks(on_exit, lambda failure: failure.trap(defer.CancelledError) and None)
-        return outcome
+        waiting = process.when_exited().addTimeout(seconds, self.reactor)
+        return waiting.addCallbacks(
+            lambda _: True, lambda failure: failure.trap(defer.TimeoutError) and False
+        )
 
     def startService(self) -> None:
         self._shutting_down = False
