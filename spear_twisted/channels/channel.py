@@ -704,10 +704,14 @@ class Channel(Factory):
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _request_timed_out(self, entry: _Pending) -> None:
+    def _retire(self, entry: _Pending) -> None:
+        """``entry`` is over: no longer outstanding under its id (which may be reused)."""
         entry.done = True
         if self._pending.get(entry.request_id) is entry:
             del self._pending[entry.request_id]
+
+    def _request_timed_out(self, entry: _Pending) -> None:
+        self._retire(entry)
         self._timeout_errors += 1
         entry.deferred.errback(
             RequestTimeout(
@@ -720,17 +724,13 @@ class Channel(Factory):
     def _cancel_request(self, entry: _Pending) -> None:
         if entry.done:
             return
-        entry.done = True
-        if self._pending.get(entry.request_id) is entry:
-            del self._pending[entry.request_id]
+        self._retire(entry)
         self._drop_stale_deadlines()
 
     def _send_failed(self, failure: Any, entry: _Pending) -> None:
         if entry.done:
             return None
-        entry.done = True
-        if self._pending.get(entry.request_id) is entry:
-            del self._pending[entry.request_id]
+        self._retire(entry)
         self._drop_stale_deadlines()
         entry.deferred.errback(failure)
         return None
