@@ -401,7 +401,7 @@ class SpearSessionProtocol(Protocol):
                 remote_addr=self.remote_addr,
                 reason=str(self.refuse),
             )
-            self._fail_connection(self.refuse)
+            self.fail(self.refuse)
             return
         if self.role is Role.AGENT:
             assert self.credentials is not None
@@ -439,7 +439,7 @@ class SpearSessionProtocol(Protocol):
         The transport could not frame or decode what it received: tell the
         peer why with an ``Error`` (``error``'s code), then close.
         """
-        self._fail_connection(error)
+        self.fail(error)
 
     def write_message(self, message: SpearMessage) -> int:
         """
@@ -646,10 +646,6 @@ class SpearSessionProtocol(Protocol):
 
     def fail(self, error: SpearError) -> None:
         """Tell the peer why with an ``Error`` (``error``'s code), then close."""
-        self._fail_connection(error)
-
-    def _fail_connection(self, error: SpearError) -> None:
-        """Tell the peer why with an ``Error``, then close."""
         if self._closing_error is not None or self._lost:
             return
         if error.instance_id is None:
@@ -741,7 +737,7 @@ class SpearSessionProtocol(Protocol):
             self._lose_connection()
         elif isinstance(event, Violation):
             if event.close:
-                self._fail_connection(event.error)
+                self.fail(event.error)
             else:
                 self.connection_error(event.error)
                 self.send_message(SpearMessage.from_error(event.error, CONTROL_REQUEST_ID))
@@ -751,7 +747,7 @@ class SpearSessionProtocol(Protocol):
         elif isinstance(event, TimedOut):
             if isinstance(event.error, HeartbeatTimeout):
                 self._event(ConnectionEventKind.HEARTBEAT_TIMEOUT, reason=str(event.error))
-            self._fail_connection(event.error)
+            self.fail(event.error)
 
     def _authenticate(self, event: AuthRequested) -> None:
         request = event.request
@@ -760,10 +756,8 @@ class SpearSessionProtocol(Protocol):
         except (TypeError, ValueError) as e:
             self._refuse_auth(event.request_id, AuthenticationFailed(f"bad instance id: {e}"))
             return
-        try:
-            pending = defer.maybeDeferred(self.gatekeeper.authenticate, self, request)
-        except Exception as e:  # a gatekeeper bug must not reach the peer as a traceback
-            pending = defer.fail(e)
+        # A gatekeeper that raises gives a failed Deferred: refused, never a traceback to the peer.
+        pending = defer.maybeDeferred(self.gatekeeper.authenticate, self, request)
         self._auth_pending = pending
         pending.addCallbacks(
             lambda owner: self._accept(event.request_id, owner),
@@ -822,7 +816,7 @@ class SpearSessionProtocol(Protocol):
             try:
                 self.instance_id = RuntimeInstanceId.parse(self.credentials.instance_id)
             except (TypeError, ValueError):
-                self.instance_id = None
+                pass  # an id the credentials do not spell right stays unknown
         self.log.info(
             "Connection {connection_id} authenticated as {instance_id} ({transport})",
             connection_id=self.connection_id,
