@@ -27,9 +27,7 @@ from twisted.python.components import Componentized
 from spear_twisted.config import LOG_LEVELS, ConfigError, SpearConfig, default_config, load_config
 from spear_twisted.runtime.environment import (
     InvalidInstanceConfig,
-    check_working_dir,
-    inherited_environment,
-    resolve_executable,
+    checked_program,
 )
 from spear_twisted.service import SpearService
 
@@ -147,10 +145,8 @@ def check_programs(config: SpearConfig, source: str) -> None:
     :raises usage.UsageError: naming the task's key and the problem.
     """
     for index, task in enumerate(config.tasks):
-        instance = task.instance_config()
         try:
-            resolve_executable(instance.executable, inherited_environment(instance, os.environ).get("PATH"))
-            check_working_dir(instance.working_dir)
+            checked_program(task.instance_config(), os.environ)
         except InvalidInstanceConfig as e:
             raise usage.UsageError(f"{source}: tasks[{index}] ({task.id}): {e}") from None
 

@@ -6,6 +6,8 @@ import os
 import shutil
 from collections.abc import Mapping
 
+import attrs
+
 from spear_twisted.runtime.model import InstanceConfig
 from spear_twisted.wire import RuntimeInstanceId
 
@@ -55,6 +57,20 @@ def inherited_environment(config: InstanceConfig, parent: Mapping[str, str]) -> 
     environment = {name: parent[name] for name in config.inherit_env if name in parent}
     environment.update(config.env)
     return environment
+
+
+def checked_program(config: InstanceConfig, parent: Mapping[str, str]) -> InstanceConfig:
+    """
+    ``config`` with its executable resolved (on the ``PATH`` its instance
+    will have, from the spearlet's environment ``parent``) and its working
+    directory made absolute, as a spawn will use them.
+
+    :raises InvalidInstanceConfig: naming what is missing.
+    """
+    path = inherited_environment(config, parent).get("PATH")
+    executable = resolve_executable(config.executable, path)
+    working_dir = check_working_dir(config.working_dir)
+    return attrs.evolve(config, executable=executable, working_dir=working_dir)
 
 
 def protocol_environment(

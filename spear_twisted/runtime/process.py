@@ -52,10 +52,8 @@ from spear_twisted.runtime.child import OUTPUT_DRAIN_TIMEOUT, InstanceProcessPro
 from spear_twisted.runtime.environment import (
     InvalidInstanceConfig,
     build_environment,
-    check_working_dir,
-    inherited_environment,
+    checked_program,
     protocol_environment,
-    resolve_executable,
 )
 from spear_twisted.runtime.events import RuntimeEvent, RuntimeEventKind
 from spear_twisted.runtime.interfaces import IRuntime
@@ -284,10 +282,7 @@ class ProcessRuntime(Service):
             or task_id != task_id.strip()
         ):
             raise InvalidInstanceConfig(f"task id must be a non-empty printable string, not {task_id!r}")
-        path = inherited_environment(instance_config, self.parent_environment).get("PATH")
-        executable = resolve_executable(instance_config.executable, path)
-        working_dir = check_working_dir(instance_config.working_dir)
-        config = attrs.evolve(instance_config, executable=executable, working_dir=working_dir)
+        config = checked_program(instance_config, self.parent_environment)
         try:
             instance_id = RuntimeInstanceId.generate(RuntimeType.PROCESS, prefix=task_id[:64])
         except ValueError as e:
