@@ -23,8 +23,8 @@ from spear_twisted.wire import (
     MessageType,
     ResourceUsage,
     SpearMessage,
-    Timestamp,
 )
+from spear_twisted.wire.messages import _make_message, _make_timestamp
 
 #: The protobuf package of the contract.
 PACKAGE = "spear.v1"
@@ -53,8 +53,6 @@ _MODES_BY_NUMBER[pb.EXECUTION_MODE_UNSPECIFIED] = ExecutionMode.SYNC
 
 _U8_MAX = 255
 _NANOS_LIMIT = 10**9
-_new = object.__new__
-_set = object.__setattr__
 
 
 # -- the session envelope ---------------------------------------------------------------
@@ -97,16 +95,8 @@ def message_from_envelope(envelope: pb.Envelope) -> SpearMessage:
     if problems:
         raise InvalidMessage(problems, request_id=envelope.request_id)
     # Every value is checked: build without re-running the validators (the hot path).
-    stamp = _new(Timestamp)
-    _set(stamp, "secs_since_epoch", envelope.timestamp.secs_since_epoch)
-    _set(stamp, "nanos_since_epoch", envelope.timestamp.nanos_since_epoch)
-    message = _new(SpearMessage)
-    _set(message, "message_type", message_type)
-    _set(message, "request_id", envelope.request_id)
-    _set(message, "timestamp", stamp)
-    _set(message, "payload", envelope.payload)
-    _set(message, "version", version)
-    return message
+    stamp = _make_timestamp(envelope.timestamp.secs_since_epoch, envelope.timestamp.nanos_since_epoch)
+    return _make_message(message_type, envelope.request_id, stamp, envelope.payload, version)
 
 
 def _unknown_enum(number: int, what: str) -> str:

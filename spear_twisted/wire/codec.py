@@ -50,6 +50,7 @@ from spear_twisted.wire.messages import (
     SpearMessage,
     _make_message,
     _make_timestamp,
+    _unchecked_maker,
 )
 
 __all__ = [
@@ -881,7 +882,6 @@ def decode_message(data: bytes) -> SpearMessage:
 
 _MESSAGE_TYPES_BY_NAME = {kind.value: kind for kind in MessageType}
 _U64_MAX = 2**64 - 1
-_set = object.__setattr__
 
 
 # Above this size an envelope is first read in two parts: the envelope
@@ -918,8 +918,9 @@ def _large_envelope(data: bytes) -> SpearMessage | None:
     payload = _byte_array_pieces(data, start, end)
     if payload is None:
         return None
-    _set(message, "payload", payload)
-    return message
+    return _make_message(
+        message.message_type, message.request_id, message.timestamp, payload, message.version
+    )
 
 
 def _byte_array_pieces(data: bytes, start: int, end: int) -> bytes | None:
@@ -1041,31 +1042,6 @@ _EXECUTION_STATUSES = {member.value: member for member in ExecutionStatus}
 _CONNECTION_STATUSES = {member.value: member for member in ConnectionStatus}
 _SIGNAL_TYPES = {member.value: member for member in SignalType}
 _I32_LOW, _I32_HIGH = -(2**31), 2**31 - 1
-_new = object.__new__
-
-
-def _unchecked_maker(cls: type[T]) -> Callable[..., T]:
-    """
-    A function building a ``cls`` from checked values of its fields, in
-    order, without its validators.
-
-    Its body calls the slots' setters one by one, written out as
-    ``namedtuple`` and attrs write their methods: a third faster than a loop
-    over the setters, on the path of every execute request and response.
-    """
-    fields = attrs.fields(cls)  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {
-        f"set{index}": cls.__dict__[field.name].__set__ for index, field in enumerate(fields)
-    }
-    namespace.update(new=_new, cls=cls)
-    values = [f"value{index}" for index in range(len(fields))]
-    lines = [f"def make({', '.join(values)}):", "    instance = new(cls)"]
-    lines += [f"    set{index}(instance, {value})" for index, value in enumerate(values)]
-    lines.append("    return instance")
-    exec("\n".join(lines), namespace)
-    make: Callable[..., T] = namespace["make"]
-    make.__qualname__ = f"_make_{cls.__name__}"
-    return make
 
 
 _make_execute_request = _unchecked_maker(ExecuteRequest)
