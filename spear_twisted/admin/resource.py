@@ -162,7 +162,6 @@ class AdminResource(Resource):
             allowed = sorted(name.decode() for name in route.methods)
             if "GET" in allowed:
                 allowed.append("HEAD")
-            _set_header(request, b"Allow", ", ".join(allowed).encode())
             raise MethodNotAllowed(
                 f"{_text(request.method)} is not allowed on {_path(request)}; use {', '.join(allowed)}",
                 allowed=allowed,
@@ -229,6 +228,8 @@ class AdminResource(Resource):
         """The JSON error body for ``error``, with its status set, and its log line."""
         status = _status_for(error)
         document = error_document(error)
+        if isinstance(error, MethodNotAllowed):
+            _set_header(request, b"Allow", ", ".join(error.allowed).encode())
         log.emit(
             log_level_for(status),
             "admin {method} {path} refused with {http_status} {error_name}: {error_message}",
