@@ -31,7 +31,7 @@ def can_turn_off(field: attrs.Attribute[Any]) -> bool:
     (TOML has no null, so leaving the key out cannot turn it off).
     """
     return (
-        _optional_of(field.type) not in (None, bool)
+        optional_of(field.type) not in (None, bool)
         and field.default is not None
         and field.default is not attrs.NOTHING
     )
@@ -66,12 +66,20 @@ def positive_or_off(_instance: object, attribute: attrs.Attribute[Any], value: A
         raise ValueError(f"{attribute.name} must be positive, or false (None) to turn it off, not {value!r}")
 
 
-def _optional_of(kind: Any) -> Any:
-    """``T`` for a type ``T | None``; ``None`` for any other type."""
+_UnionType = type(int | None)
+
+
+def optional_of(kind: Any) -> Any:
+    """``T`` for a type ``T | None`` (or ``Optional[T]``); ``None`` for any other type."""
     args = typing.get_args(kind)
-    if len(args) == 2 and type(None) in args:
-        return next(arg for arg in args if arg is not type(None))
+    if typing.get_origin(kind) in (typing.Union, _UnionType) and len(args) == 2 and type(None) in args:
+        return args[0] if args[1] is type(None) else args[1]
     return None
+
+
+def is_settings_class(kind: Any) -> bool:
+    """Whether ``kind`` is read as configuration (defaults for missing keys, unknown keys refused)."""
+    return attrs.has(kind) and bool(getattr(kind, "__spear_settings__", False))
 
 
 def field_doc(field: attrs.Attribute[Any]) -> str | None:
@@ -124,7 +132,7 @@ def _table_of(kind: Any) -> type[Any] | None:
     if typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
         kind = args[0] if args[1:] == (Ellipsis,) else None
-    return kind if attrs.has(kind) and getattr(kind, "__spear_settings__", False) else None
+    return kind if is_settings_class(kind) else None
 
 
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -137,9 +145,9 @@ def _kind_name(kind: Any) -> str:
         return "one of " + ", ".join(f'"{member.value}"' for member in kind)
     args = typing.get_args(kind)
     origin = typing.get_origin(kind)
-    if type(None) in args:
+    if optional_of(kind) is not None:
         # TOML has no null: an optional key is simply left out.
-        return _kind_name(next(arg for arg in args if arg is not type(None)))
+        return _kind_name(optional_of(kind))
     if origin is tuple and args[1:] == (Ellipsis,):
         return f"array of {_kind_name(args[0])}s"
     if origin is tuple:

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spear_twisted.errors import InvalidMessage
 from spear_twisted.settings import (
     field_doc,
+    is_settings_class,
     not_negative,
     positive,
     positive_or_off,
@@ -15,7 +16,7 @@ from spear_twisted.settings import (
     settings_reference,
     valid_port_range,
 )
-from spear_twisted.wire.codec import is_settings_class, structure
+from spear_twisted.wire.codec import structure
 
 
 @attrs.frozen

@@ -28,7 +28,7 @@ import attrs
 import orjson
 
 from spear_twisted.errors import InvalidJson, InvalidMessage
-from spear_twisted.settings import can_turn_off
+from spear_twisted.settings import can_turn_off, is_settings_class, optional_of
 from spear_twisted.wire import strict_json
 from spear_twisted.wire.messages import (
     BODY_TYPES,
@@ -255,15 +255,11 @@ def _structure_string_map(value: Any, _type: Any) -> dict[str, str]:
 
 
 def _is_optional(kind: Any) -> bool:
-    args = typing.get_args(kind)
-    return typing.get_origin(kind) in (typing.Union, _UnionType) and len(args) == 2 and type(None) in args
-
-
-_UnionType = type(int | None)
+    return optional_of(kind) is not None
 
 
 def _optional_hook(kind: Any) -> Callable[[Any, Any], Any]:
-    inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    inner = optional_of(kind)
     inner_hook = structure_hook(inner)
 
     def structure_optional(value: Any, _type: Any) -> Any:
@@ -355,11 +351,6 @@ def _class_hook(cls: Any) -> Callable[[Any, Any], Any]:
     return structure_class
 
 
-def is_settings_class(kind: Any) -> bool:
-    """Whether ``kind`` is read as configuration (see :func:`_settings_hook`)."""
-    return attrs.has(kind) and bool(getattr(kind, "__spear_settings__", False))
-
-
 def _settings_hook(cls: Any) -> Callable[[Any, Any], Any]:
     """
     Configuration is read unlike the wire: a missing key takes the field's
@@ -436,7 +427,7 @@ def _off_hook(kind: Any) -> Callable[[Any, Any], Any]:
     turns it off (``None``), as TOML has no null; anything else is a ``T``,
     and an error says that ``false`` is accepted too.
     """
-    inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    inner = optional_of(kind)
     inner_hook = structure_hook(inner)
 
     def structure_off(value: Any, _type: Any) -> Any:
@@ -554,7 +545,7 @@ def _unstructure_hook_for(kind: Any) -> Callable[[Any], Any] | None:
     if _is_annotated(IntRange)(kind):
         return None
     if _is_optional(kind):
-        inner = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        inner = optional_of(kind)
         inner_hook = _unstructure_hook_for(inner)
         if inner_hook is None:
             return None
