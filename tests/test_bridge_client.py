@@ -12,15 +12,22 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 from twisted.internet import defer
 from twisted.internet import reactor as real_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from spear_twisted.bridge import spear_pb2 as pb
 from spear_twisted.bridge.client import ConnectCall
 from spear_twisted.bridge.contract import CONNECT_PATH
+from spear_twisted.bridge.framing import frame_message
 from spear_twisted.bridge.status import GrpcError, StatusCode
 from tests.bridge_support import ServerFixture, in_thread
 from tests.channel_support import turns, wait_until
@@ -188,3 +195,99 @@ class AgainstOurServerTests(TestCase):
         self.assertEqual(collector.envelopes, big)
         call.finish()
         self.assertIsNone((yield collector.ended))
+
+
+class ScriptedServer(Protocol):
+    """
+    An HTTP/2 server (``h2``, server side) that answers the first request
+    with ``script``: each item is ``("headers", [...], end)``,
+    ``("data", bytes, end)`` or ``("reset", code)``.  For what no real gRPC
+    server sends on cue.
+    """
+
+    def __init__(self, script: list[tuple[Any, ...]]) -> None:
+        self.script = script
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+
+    def connectionMade(self) -> None:
+        self.h2.initiate_connection()
+        self.transport.write(self.h2.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.transport.loseConnection()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self._answer(event.stream_id)
+        self.transport.write(self.h2.data_to_send())
+
+    def _answer(self, stream_id: int) -> None:
+        for step in self.script:
+            if step[0] == "headers":
+                self.h2.send_headers(stream_id, step[1], end_stream=step[2])
+            elif step[0] == "data":
+                self.h2.send_data(stream_id, step[1], end_stream=step[2])
+            else:
+                self.h2.reset_stream(stream_id, step[1])
+
+
+OK_HEADERS = [(":status", "200"), ("content-type", "application/grpc")]
+
+
+class AgainstAScriptedServerTests(TestCase):
+    @defer.inlineCallbacks
+    def ended_by(self, script: list[tuple[Any, ...]]) -> Generator[Deferred[Any], Any, GrpcError | None]:
+        factory = Factory.forProtocol(lambda: ScriptedServer(script))
+        port = real_reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        call = yield dial(port.getHost().port)
+        collector = Collector(call)
+        call.send(envelope(1)).addErrback(lambda _: None)
+        error = yield collector.ended
+        yield call.when_lost()
+        return error
+
+    @defer.inlineCallbacks
+    def test_an_http_error_status_maps_to_its_grpc_status(self) -> Gen:
+        for http_status, expected in [
+            ("404", StatusCode.UNIMPLEMENTED),
+            ("503", StatusCode.UNAVAILABLE),
+            ("418", StatusCode.UNKNOWN),
+        ]:
+            error = yield self.ended_by([("headers", [(":status", http_status)], True)])
+            self.assertEqual(error.status, expected, http_status)
+            self.assertIn(f"the server answered HTTP {http_status}", error.message)
+
+    @defer.inlineCallbacks
+    def test_a_reply_that_is_not_grpc_is_refused(self) -> Gen:
+        error = yield self.ended_by([("headers", [(":status", "200"), ("content-type", "text/html")], True)])
+        self.assertEqual(error.status, StatusCode.UNKNOWN)
+        self.assertIn("content-type 'text/html'", error.message)
+
+    @defer.inlineCallbacks
+    def test_an_end_without_a_grpc_status_is_internal(self) -> Gen:
+        error = yield self.ended_by([("headers", OK_HEADERS, False), ("headers", [("x-other", "1")], True)])
+        self.assertEqual(
+            (error.status, error.message),
+            (StatusCode.INTERNAL, "the server ended the call without a grpc-status"),
+        )
+
+    @defer.inlineCallbacks
+    def test_an_invalid_envelope_is_internal(self) -> Gen:
+        not_protobuf = b"\xff\xff\xff"
+        error = yield self.ended_by(
+            [("headers", OK_HEADERS, False), ("data", frame_message(not_protobuf), False)]
+        )
+        self.assertEqual(error.status, StatusCode.INTERNAL)
+        self.assertIn("the server sent an invalid Envelope", error.message)
+
+    @defer.inlineCallbacks
+    def test_a_reset_maps_to_its_grpc_status(self) -> Gen:
+        error = yield self.ended_by(
+            [("headers", OK_HEADERS, False), ("reset", h2.errors.ErrorCodes.REFUSED_STREAM)]
+        )
+        self.assertEqual(error.status, StatusCode.UNAVAILABLE)
+        self.assertIn("the server reset the call (HTTP/2 error code 7)", error.message)
