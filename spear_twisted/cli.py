@@ -381,8 +381,6 @@ CONNECTION_COLUMNS = (
     "authenticated",
     "status",
     "session_state",
-    "messages_received",
-    "messages_sent",
 )
 
 

@@ -185,10 +185,12 @@ def describe_connection(state: ConnectionState) -> dict[str, Any]:
     return {
         "connection_id": state.connection_id,
         "instance_id": None if state.instance_id is None else str(state.instance_id),
+        "transport": state.transport,
         "remote_addr": state.remote_addr,
         "peer": None if state.peer_credentials is None else attrs.asdict(state.peer_credentials),
         "authenticated": state.authenticated,
         "status": state.status.value,
+        "session_state": state.session_state.value,
         "connected_at": state.connected_at,
         "last_activity": state.last_activity,
     }

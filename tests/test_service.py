@@ -50,9 +50,11 @@ INSTANCE_KEYS = {
 CONNECTION_KEYS = {
     "connection_id",
     "instance_id",
+    "transport",
     "remote_addr",
     "authenticated",
     "status",
+    "session_state",
     "connected_at",
     "last_activity",
     "peer",
