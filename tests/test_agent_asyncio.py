@@ -90,6 +90,39 @@ raise SystemExit(run(handle, on_signal=on_signal, **overrides))
 """
 
 
+# An application that runs its own event loop and serves an agent in it
+# (spear_twisted.agent.aio.serve), beside a task of its own.
+EMBEDDED_AGENT = """
+import asyncio
+import txaio
+
+txaio.use_asyncio()
+from spear_twisted.agent import AgentConfig
+from spear_twisted.agent.aio import serve
+
+
+async def main():
+    running = asyncio.Event()
+
+    async def own_task():
+        running.set()
+        await asyncio.sleep(3600)
+
+    application = asyncio.create_task(own_task())
+
+    async def handle(request):
+        await running.wait()
+        return f"{request.command} {' '.join(request.args)}, beside the application's own task"
+
+    status = await serve(handle, AgentConfig.from_environment())
+    application.cancel()
+    return status
+
+
+raise SystemExit(asyncio.run(main()))
+"""
+
+
 # Says when it starts importing its framework (txaio comes first), then runs
 # with the run() arguments of its second argument (JSON).  With "hold" as its
 # first, it holds that import until a signal ends it: the window between
@@ -201,6 +234,23 @@ class AsyncioAgentTests(TestCase):
         assert instance.pid is not None
         os.kill(instance.pid, signal.SIGTERM)
         yield with_timeout(ended, STEP, "the exit")
+        self.assertEqual(instance.status, InstanceStatus.STOPPED, instance.error)
+        self.assertEqual(instance.last_exit.exit_code, EXIT_OK)
+
+    @defer.inlineCallbacks
+    def test_serve_runs_an_agent_inside_an_applications_own_event_loop(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        runtime = real_runtime(self)
+        script = write_script(self, EMBEDDED_AGENT)
+        config = InstanceConfig(
+            PYTHON, python_args(script), inherit_env=CHILD_INHERIT, restart_policy=RestartPolicy.NEVER
+        )
+        instance = runtime.create_instance("agent", config)
+        yield with_timeout(runtime.start_instance(instance), STEP, "authentication")
+        response = yield with_timeout(execute(runtime, instance, "a", command="hello"), STEP, "a response")
+        self.assertEqual(response.output, "hello a, beside the application's own task")
+        yield with_timeout(runtime.stop_instance(instance), STEP, "the stop")
         self.assertEqual(instance.status, InstanceStatus.STOPPED, instance.error)
         self.assertEqual(instance.last_exit.exit_code, EXIT_OK)
 

@@ -59,6 +59,7 @@ from tests.channel_support import ClockReactor, short_temp_dir, turns, wait_unti
 txaio.use_twisted()
 
 from spear_twisted.agent.core import Agent  # noqa: E402  (txaio's framework first)
+from spear_twisted.agent.tx import serve as tx_serve  # noqa: E402
 from spear_twisted.agent.tx import start_agent  # noqa: E402
 
 INSTANCE = RuntimeInstanceId(RuntimeType.PROCESS, "agent-1")
@@ -343,6 +344,19 @@ class SignalTests(TestCase):
         self.assertEqual((yield running).output, "finished")
         status = yield finished
         self.assertEqual(status, EXIT_OK)
+        yield wait_until(lambda: not spearlet.channel.is_connected(), "the close")
+
+    @defer.inlineCallbacks
+    def test_serve_runs_an_agent_in_a_running_reactor_and_fires_with_its_exit_status(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        spearlet = Spearlet(self)
+        yield spearlet.listen()
+        finished = tx_serve(forms(real_reactor), spearlet.config(), reactor=real_reactor)
+        yield spearlet.channel.when_connected()
+        self.assertEqual((yield spearlet.execute("str", "served")).output, "text served")
+        yield spearlet.signal(SignalType.TERMINATE)
+        self.assertEqual((yield finished), EXIT_OK)
         yield wait_until(lambda: not spearlet.channel.is_connected(), "the close")
 
 
